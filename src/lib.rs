@@ -1,0 +1,11 @@
+//! ephemera: declarative debugging of running pods with ephemeral containers.
+
+pub mod controller;
+pub mod crd;
+pub mod debug_container;
+pub mod ephemeral_api;
+pub mod metrics;
+pub mod server;
+pub mod status;
+pub mod target;
+pub mod telemetry;

@@ -1,0 +1,77 @@
+# shellcheck shell=bash
+# Shared settings and helpers for up.sh, down.sh, import-image.sh and acceptance.sh.
+# Sourced, never run.
+
+CLUSTER_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+STATE=${EPHEMERA_CLUSTER_DIR:-/tmp/ephemera-cluster}
+case $STATE in /*) ;; *) STATE=$PWD/$STATE ;; esac
+STATE=${STATE%/}
+export EPHEMERA_CLUSTER_DIR=$STATE
+CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/ephemera
+
+# Ports, all bound to 127.0.0.1. Chosen away from the usual Kubernetes ports so
+# that another local cluster (kind, minikube, a real kubelet) does not collide.
+ETCD_CLIENT_PORT=${EPHEMERA_ETCD_PORT:-22379}
+ETCD_PEER_PORT=${EPHEMERA_ETCD_PEER_PORT:-22380}
+APISERVER_PORT=${EPHEMERA_APISERVER_PORT:-16443}
+KCM_PORT=${EPHEMERA_KCM_PORT:-20257}
+SCHEDULER_PORT=${EPHEMERA_SCHEDULER_PORT:-20259}
+KUBELET_PORT=${EPHEMERA_KUBELET_PORT:-20250}
+KUBELET_HEALTHZ_PORT=${EPHEMERA_KUBELET_HEALTHZ_PORT:-20248}
+
+NODE_NAME=127.0.0.1
+SERVICE_CIDR=10.0.0.0/24
+SERVICE_IP=10.0.0.1
+POD_SUBNET=10.87.0.0/16
+POD_GATEWAY=10.87.0.1
+CNI_NETWORK=ephemera
+BRIDGE=cni-ephemera
+CGROUP_ROOT=ephemera            # kubelet cgroupRoot is /$CGROUP_ROOT in every hierarchy
+PAUSE_IMAGE=localhost/pause:3.10
+BUSYBOX_IMAGE=localhost/busybox:1.36
+
+PKI=$STATE/pki
+LOGS=$STATE/logs
+PIDS=$STATE/pids
+BIN=$STATE/bin
+KUBECONFIG_PATH=$STATE/kubeconfig
+CONTAINERD_DIR=$STATE/containerd
+CONTAINERD_SOCK=$CONTAINERD_DIR/containerd.sock
+KUBELET_ROOT=$STATE/kubelet
+
+# Processes in start order; down.sh stops them in reverse order.
+CP_COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+NODE_COMPONENTS=(containerd kube-scheduler kubelet)
+ALL_COMPONENTS=("${CP_COMPONENTS[@]}" "${NODE_COMPONENTS[@]}")
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+log() { printf '[ephemera-cluster] %s\n' "$*" >&2; }
+die() { printf '[ephemera-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# pid_of NAME: prints the recorded PID of a component if that process is alive
+# and is really ours (its command line names the state dir), else fails.
+pid_of() {
+  local f=$PIDS/$1.pid pid
+  [[ -s $f ]] || return 1
+  pid=$(<"$f")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE" || return 1
+  echo "$pid"
+}
+
+kubectl_admin() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" --context admin "$@"; }
+
+# show_log NAME [LINES]
+show_log() {
+  local f=$LOGS/$1.log
+  if [[ -f $f ]]; then
+    printf -- '----- last %s lines of %s -----\n' "${2:-30}" "$f" >&2
+    tail -n "${2:-30}" "$f" >&2
+    printf -- '----- end of %s -----\n' "$f" >&2
+  else
+    printf -- '(no log file %s)\n' "$f" >&2
+  fi
+}

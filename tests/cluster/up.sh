@@ -1,0 +1,525 @@
+#!/usr/bin/env bash
+# Starts the local ephemera test cluster: one real node (127.0.0.1) made of
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, a private
+# containerd and the kubelet, all from the multicall binary built from
+# tests/cluster/cmd/kcluster.
+#
+#   tests/cluster/up.sh [--control-plane-only]
+#
+# --control-plane-only  etcd + kube-apiserver + kube-controller-manager only
+#                       (no containerd, scheduler or kubelet; pods stay Pending)
+#
+# State lives in ${EPHEMERA_CLUSTER_DIR:-/tmp/ephemera-cluster}; the last line
+# printed is `export KUBECONFIG=...`. Running it again while the cluster is
+# healthy only prints that line. Stop everything with tests/cluster/down.sh.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+MODE=full
+for arg in "$@"; do
+  case $arg in
+    --control-plane-only) MODE=control-plane ;;
+    --deps-only) MODE=deps ;; # install packages and build the binary, start nothing
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument: $arg (usage: up.sh [--control-plane-only])" ;;
+  esac
+done
+
+[[ $(id -u) == 0 ]] || die "up.sh must run as root (it starts containerd and the kubelet)"
+
+T_START=${EPOCHREALTIME/./}
+elapsed() { local us=$((${EPOCHREALTIME/./} - T_START)); printf '%d.%ds' $((us / 1000000)) $((us % 1000000 / 100000)); }
+
+# ---------------------------------------------------------------- packages ---
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
+
+install_packages() {
+  local pkgs=(openssl curl procps util-linux)
+  if [[ $MODE != control-plane ]]; then
+    pkgs+=(containerd runc containernetworking-plugins busybox-static iptables iproute2 python3)
+  fi
+  local missing=() p
+  for p in "${pkgs[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d-style guard is unnecessary: without systemd as PID 1 the
+  # containerd package does not start a daemon; we never use a system one.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ------------------------------------------------------------------ binary ---
+binary_hash() {
+  (
+    cd "$CLUSTER_SRC"
+    {
+      echo "recipe-v1 $(build_ldflags)"
+      sha256sum go.mod go.sum
+      find cmd -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -c1-12
+  )
+}
+
+k8s_version() { awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$CLUSTER_SRC/go.mod"; }
+
+build_ldflags() {
+  local v major minor pkg flags=""
+  v=$(k8s_version)
+  major=${v#v}; major=${major%%.*}
+  minor=${v#v*.}; minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "${flags# }"
+}
+
+ensure_binary() {
+  KCLUSTER=$CACHE_DIR/kcluster-$(binary_hash)
+  if [[ -x $KCLUSTER ]]; then
+    log "binary: $KCLUSTER (cached)"
+    return
+  fi
+  command -v go >/dev/null || die "the Go toolchain is not in PATH; it is needed once to build $KCLUSTER"
+  mkdir -p "$CACHE_DIR"
+  exec 9>"$CACHE_DIR/build.lock"
+  flock 9 # another up.sh may be building the same binary
+  if [[ ! -x $KCLUSTER ]]; then
+    log "building $KCLUSTER (cold: ~4-5 min on 2 cores; log: $CACHE_DIR/build.log)"
+    local t0=$SECONDS tmp=$KCLUSTER.tmp.$$
+    if ! (cd "$CLUSTER_SRC" && go build -ldflags "$(build_ldflags)" -o "$tmp" ./cmd/kcluster) >"$CACHE_DIR/build.log" 2>&1; then
+      rm -f "$tmp"
+      tail -n 30 "$CACHE_DIR/build.log" >&2
+      die "go build failed (full log: $CACHE_DIR/build.log)"
+    fi
+    mv -f "$tmp" "$KCLUSTER"
+    log "built in $((SECONDS - t0))s"
+  fi
+  exec 9>&-
+}
+
+# ------------------------------------------------------------- processes ---
+STARTED=()
+start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID
+  local name=$1; shift
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+  STARTED+=("$name")
+}
+
+fail_with_log() { # COMPONENT MESSAGE
+  log "$2"
+  show_log "$1" 30
+  die "cluster start failed ($2); state left in $STATE for inspection, clean up with $(dirname "$0")/down.sh"
+}
+
+# wait_until DESCRIPTION TIMEOUT_S LOG_COMPONENT CHECK_CMD...
+wait_until() {
+  local desc=$1 timeout=$2 comp=$3; shift 3
+  local deadline=$((SECONDS + timeout)) c
+  while :; do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    for c in "${STARTED[@]}"; do
+      pid_of "$c" >/dev/null || fail_with_log "$c" "$c exited while waiting for $desc"
+    done
+    ((SECONDS < deadline)) || fail_with_log "$comp" "timed out after ${timeout}s waiting for $desc"
+    sleep 0.5
+  done
+}
+
+api_get() { # PATH: GET on the apiserver as admin
+  curl -fsS --max-time 5 --cacert "$PKI/ca.crt" -H "Authorization: Bearer $(cat "$STATE/tokens/admin")" \
+    "https://127.0.0.1:$APISERVER_PORT$1"
+}
+apiserver_ready() { [[ $(api_get /readyz) == ok ]]; }
+node_ready() {
+  [[ $(kubectl_admin get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
+etcd_healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
+
+cluster_healthy() { # MODE: the recorded cluster is complete and serving
+  [[ -f $STATE/mode && $(<"$STATE/mode") == "$1" ]] || return 1
+  local c comps=("${CP_COMPONENTS[@]}")
+  [[ $1 == full ]] && comps+=("${NODE_COMPONENTS[@]}")
+  for c in "${comps[@]}"; do pid_of "$c" >/dev/null || return 1; done
+  apiserver_ready || return 1
+  if [[ $1 == full ]]; then node_ready || return 1; fi
+}
+
+# ------------------------------------------------------------------- PKI ---
+newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+# issue NAME SUBJECT EXTENSIONS: key + certificate signed by the cluster CA
+issue() {
+  local name=$1 subj=$2 ext=$3
+  newkey "$PKI/$name.key"
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  printf '%b\n' "$ext" >"$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+    -set_serial "0x$(openssl rand -hex 16)" -days 3650 -sha256 \
+    -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+
+gen_pki() {
+  mkdir -p "$PKI" "$STATE/tokens"
+  chmod 700 "$PKI"
+  newkey "$PKI/ca.key"
+  openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=ephemera-test-ca" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/ca.crt" 2>/dev/null
+  local server="basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth"
+  local client="basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth"
+  issue apiserver "/CN=kube-apiserver" \
+    "$server\nsubjectAltName=IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  issue kubelet "/CN=$NODE_NAME" "$server\nsubjectAltName=IP:127.0.0.1,DNS:localhost"
+  issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
+  issue controller-manager "/CN=system:kube-controller-manager" "$client"
+  issue scheduler "/CN=system:kube-scheduler" "$client"
+  issue kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
+  # service-account token signing key pair
+  newkey "$PKI/sa.key"
+  openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+
+  # static tokens: admin is cluster-admin, alice and bob have no RBAC at all
+  local u
+  : >"$PKI/tokens.csv"
+  for u in admin alice bob; do
+    openssl rand -hex 24 >"$STATE/tokens/$u"
+    if [[ $u == admin ]]; then
+      echo "$(<"$STATE/tokens/$u"),$u,$u-uid,\"system:masters\"" >>"$PKI/tokens.csv"
+    else
+      echo "$(<"$STATE/tokens/$u"),$u,$u-uid" >>"$PKI/tokens.csv"
+    fi
+  done
+}
+
+# cert_kubeconfig FILE USER CERTNAME
+cert_kubeconfig() {
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ephemera
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $PKI/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $PKI/$3.crt
+    client-key: $PKI/$3.key
+contexts:
+- name: $2
+  context: {cluster: ephemera, user: $2}
+current-context: $2
+EOF
+}
+
+write_kubeconfigs() {
+  cert_kubeconfig "$STATE/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
+  cert_kubeconfig "$STATE/scheduler.kubeconfig" system:kube-scheduler scheduler
+  cert_kubeconfig "$STATE/kubelet.kubeconfig" "system:node:$NODE_NAME" kubelet-client
+  local u
+  {
+    cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ephemera
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $PKI/ca.crt
+users:
+EOF
+    for u in admin alice bob; do
+      printf -- '- name: %s\n  user:\n    token: %s\n' "$u" "$(<"$STATE/tokens/$u")"
+    done
+    echo "contexts:"
+    for u in admin alice bob; do
+      printf -- '- name: %s\n  context: {cluster: ephemera, user: %s, namespace: default}\n' "$u" "$u"
+    done
+    echo "current-context: admin"
+  } >"$KUBECONFIG_PATH"
+  chmod 600 "$KUBECONFIG_PATH"
+}
+
+# ------------------------------------------------------------ components ---
+start_control_plane() {
+  start_bg etcd "$BIN/etcd" --name ephemera --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "ephemera=http://127.0.0.1:$ETCD_PEER_PORT" --initial-cluster-state new \
+    --unsafe-no-fsync --log-level warn
+  wait_until "etcd /health" 30 etcd etcd_healthy
+
+  # --advertise-address must be an IP; loopback is fine for a one-host cluster,
+  # but Endpoints may not hold loopback addresses, so the reconciler of the
+  # `kubernetes` Service endpoints is off (nothing in-cluster needs it: there
+  # is no kube-proxy, so Service IPs are not routed anyway).
+  start_bg kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --advertise-address 127.0.0.1 --endpoint-reconciler-type none \
+    --cert-dir "$STATE/kube-apiserver" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" --token-auth-file "$PKI/tokens.csv" \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --allow-privileged=true \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP,Hostname \
+    --profiling=false --v=1
+  wait_until "kube-apiserver /readyz" 120 kube-apiserver apiserver_ready
+
+  start_bg kube-controller-manager "$BIN/kube-controller-manager" \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$STATE/kube-controller-manager" \
+    --controllers '*' --leader-elect=false --use-service-account-credentials=true \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false \
+    --profiling=false --v=1
+}
+
+setup_cgroups() {
+  # The kubelet puts pods under /$CGROUP_ROOT in every hierarchy; the root must
+  # exist beforehand. cpuset needs cpus/mems copied from the parent.
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    h=${h%/}
+    [[ -d $h ]] || continue
+    mountpoint -q "$h" || continue
+    mkdir -p "$h/$CGROUP_ROOT"
+    if [[ -f $h/cpuset.cpus ]]; then
+      cat "$h/cpuset.cpus" >"$h/$CGROUP_ROOT/cpuset.cpus"
+      cat "$h/cpuset.mems" >"$h/$CGROUP_ROOT/cpuset.mems"
+    fi
+  done
+}
+
+write_node_configs() {
+  mkdir -p "$CONTAINERD_DIR"/{root,state,opt,runc} "$STATE/cni/net.d" "$STATE/cni/ipam" "$KUBELET_ROOT" "$STATE/pod-logs"
+  cat >"$CONTAINERD_DIR/config.toml" <<EOF
+# Private containerd for the ephemera test cluster; nothing here touches a
+# system-wide containerd (/run/containerd, /var/lib/containerd).
+version = 2
+root = "$CONTAINERD_DIR/root"
+state = "$CONTAINERD_DIR/state"
+imports = []
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[ttrpc]
+  address = "$CONTAINERD_SOCK.ttrpc"
+[debug]
+  address = ""
+  level = "info"
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CONTAINERD_DIR/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+  disable_hugetlb_controller = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "$SNAPSHOTTER"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        Root = "$CONTAINERD_DIR/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni/net.d"
+    max_conf_num = 1
+EOF
+
+  # No default route and no masquerading: pods reach only the bridge subnet
+  # (the host is $POD_GATEWAY) and their own loopback.
+  cat >"$STATE/cni/net.d/10-$CNI_NETWORK.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "$CNI_NETWORK",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$POD_GATEWAY"}]],
+        "dataDir": "$STATE/cni/ipam"
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+
+  printf 'nameserver 127.0.0.1\noptions ndots:1\n' >"$STATE/resolv.conf"
+
+  cat >"$STATE/kubelet-config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: $PKI/kubelet.crt
+tlsPrivateKeyFile: $PKI/kubelet.key
+rotateCertificates: false
+serverTLSBootstrap: false
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: $PKI/ca.crt
+authorization:
+  mode: Webhook
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+imageServiceEndpoint: unix://$CONTAINERD_SOCK
+cgroupDriver: cgroupfs
+cgroupRoot: /$CGROUP_ROOT
+cgroupsPerQOS: true
+failSwapOn: false
+failCgroupV1: false
+makeIPTablesUtilChains: false
+resolvConf: $STATE/resolv.conf
+clusterDomain: cluster.local
+podLogsDir: $STATE/pod-logs
+hairpinMode: hairpin-veth
+serializeImagePulls: false
+maxPods: 110
+# never evict and never garbage-collect the locally imported images
+evictionHard:
+  memory.available: "50Mi"
+  nodefs.available: "1%"
+  nodefs.inodesFree: "1%"
+  imagefs.available: "1%"
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+# faster feedback for tests
+syncFrequency: 10s
+fileCheckFrequency: 10s
+nodeStatusUpdateFrequency: 5s
+shutdownGracePeriod: 0s
+EOF
+}
+
+pick_snapshotter() {
+  # overlayfs needs a filesystem that supports it as upper dir; fall back to native.
+  local d=$STATE/.overlay-test
+  mkdir -p "$d"/{l,u,w,m}
+  if mount -t overlay overlay -o "lowerdir=$d/l,upperdir=$d/u,workdir=$d/w" "$d/m" 2>/dev/null; then
+    umount "$d/m"
+    SNAPSHOTTER=overlayfs
+  else
+    log "overlayfs is not usable under $STATE; containerd uses the native snapshotter"
+    SNAPSHOTTER=native
+  fi
+  rm -rf "$d"
+}
+
+containerd_ready() { ctr --address "$CONTAINERD_SOCK" version; }
+
+import_images() {
+  mkdir -p "$STATE/images"
+  python3 "$CLUSTER_SRC/hack/mkimage.py" --busybox --tag "$BUSYBOX_IMAGE" --cmd sh --out "$STATE/images/busybox.tar"
+  # pause: exits on TERM/INT, otherwise sleeps forever
+  python3 "$CLUSTER_SRC/hack/mkimage.py" --busybox --tag "$PAUSE_IMAGE" --out "$STATE/images/pause.tar" \
+    --entrypoint '["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 2147483647 & wait $!; done"]'
+  local t
+  for t in "$STATE/images/busybox.tar" "$STATE/images/pause.tar"; do
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --snapshotter "$SNAPSHOTTER" "$t" >/dev/null \
+      || die "ctr images import $t failed"
+  done
+}
+
+start_node() {
+  sysctl -n net.ipv4.ip_forward >"$STATE/ip_forward.orig"
+  sysctl -qw net.ipv4.ip_forward=1
+  # remember which CNI-* iptables chains existed before, so down.sh removes only ours
+  { iptables-save 2>/dev/null || true; } | awk '/^:/{print $1}' | sort -u >"$STATE/iptables-chains.before"
+  setup_cgroups
+  pick_snapshotter
+  write_node_configs
+
+  start_bg containerd containerd --config "$CONTAINERD_DIR/config.toml"
+  wait_until "containerd socket" 30 containerd containerd_ready
+  import_images
+
+  start_bg kube-scheduler "$BIN/kube-scheduler" \
+    --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --cert-dir "$STATE/kube-scheduler" \
+    --leader-elect=false --profiling=false --v=1
+
+  # No --node-ip: the kubelet refuses a loopback --node-ip, but takes the
+  # InternalIP from an IP-valued --hostname-override.
+  start_bg kubelet "$BIN/kubelet" \
+    --config "$STATE/kubelet-config.yaml" \
+    --kubeconfig "$STATE/kubelet.kubeconfig" \
+    --hostname-override "$NODE_NAME" \
+    --root-dir "$KUBELET_ROOT" --cert-dir "$KUBELET_ROOT/pki" \
+    --v=2
+}
+
+# ------------------------------------------------------------------- main ---
+install_packages
+ensure_binary
+[[ $MODE == deps ]] && { log "dependencies ready ($(elapsed))"; exit 0; }
+
+if cluster_healthy "$MODE"; then
+  log "cluster ($MODE) is already running in $STATE"
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+  exit 0
+fi
+if [[ -e $STATE ]]; then
+  log "found a stopped, partial or different-mode cluster in $STATE; tearing it down"
+  "$CLUSTER_SRC/down.sh"
+fi
+
+mkdir -p "$STATE"
+touch "$STATE/.ephemera-cluster" # marker: down.sh only deletes directories carrying it
+mkdir -p "$LOGS" "$PIDS" "$BIN"
+echo "$MODE" >"$STATE/mode"
+for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl cri-reset; do
+  ln -sfn "$KCLUSTER" "$BIN/$c"
+done
+ln -sfn "$KCLUSTER" "$BIN/kcluster"
+
+log "starting $MODE cluster in $STATE"
+gen_pki
+write_kubeconfigs
+start_control_plane
+if [[ $MODE == full ]]; then
+  start_node
+  wait_until "node $NODE_NAME to be Ready" 180 kubelet node_ready
+fi
+wait_until "ServiceAccount default/default" 90 kube-controller-manager default_sa_exists
+
+log "cluster ($MODE) is up in $(elapsed); logs in $LOGS; stop it with $CLUSTER_SRC/down.sh"
+echo "export KUBECONFIG=$KUBECONFIG_PATH"
