@@ -220,24 +220,45 @@ async fn reconcile(session: Arc<DebugSession>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let new_status = decide(&session, &pods, &ctx, now).await?;
-    if new_status != old_status {
-        publish_events(&ctx, &session, &old_status, &new_status).await;
-        let patch = serde_json::json!({
-            "apiVersion": DebugSession::api_version(&()),
-            "kind": DebugSession::kind(&()),
-            "status": new_status,
-        });
-        sessions
-            .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
-    }
+    let (published, new_status) = decide(&session, &sessions, &pods, &ctx, now).await?;
+    publish_status(&ctx, &sessions, &session, &published, &new_status).await?;
     let requeue = status::requeue_after(&session, &new_status, now).unwrap_or(RESYNC);
     Ok(Action::requeue(requeue.min(RESYNC)))
 }
 
-/// Resolves, plans and injects until the plan needs nothing more written to the pod.
-async fn decide(session: &DebugSession, pods: &Api<Pod>, ctx: &Context, now: Timestamp) -> Result<DebugSessionStatus, Error> {
+/// Writes `new` as the status of `session` (server-side apply) if it differs from `old`,
+/// with an event for each transition.
+async fn publish_status(
+    ctx: &Context,
+    sessions: &Api<DebugSession>,
+    session: &DebugSession,
+    old: &DebugSessionStatus,
+    new: &DebugSessionStatus,
+) -> Result<(), Error> {
+    if new == old {
+        return Ok(());
+    }
+    publish_events(ctx, session, old, new).await;
+    let patch = serde_json::json!({
+        "apiVersion": DebugSession::api_version(&()),
+        "kind": DebugSession::kind(&()),
+        "status": new,
+    });
+    sessions
+        .patch_status(&session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Resolves, plans and injects until the plan needs nothing more written to the
+/// pod. Returns the status last published on the way, and the new one.
+async fn decide(
+    session: &DebugSession,
+    sessions: &Api<DebugSession>,
+    pods: &Api<Pod>,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(DebugSessionStatus, DebugSessionStatus), Error> {
     let (unavailable, shape) = match ctx.availability.get().await? {
         Availability::Available(shape) => (None, Some(shape)),
         Availability::Unavailable(message) => {
@@ -246,12 +267,17 @@ async fn decide(session: &DebugSession, pods: &Api<Pod>, ctx: &Context, now: Tim
     };
     let mut resolved = resolve_target(pods, session).await?;
     let mut current = session.clone();
+    let mut published = session.status.clone().unwrap_or_default();
     let mut conflicts = 0;
     loop {
         let (container, mut status) = match status::plan(&current, resolved.lookup(), unavailable.as_ref(), now) {
-            Plan::Report(status) => return Ok(status),
+            Plan::Report(status) => return Ok((published, status)),
             Plan::Inject { container, status } => (container, status),
         };
+        // Pending is written before the pod is, so the status tells the whole story.
+        publish_status(ctx, sessions, &current, &published, &status).await?;
+        published = status.clone();
+        current.status = Some(status.clone());
         let (Resolved::Pod(pod), Some(shape)) = (&resolved, shape) else {
             unreachable!("plan injects only into a found pod of a cluster with ephemeral containers");
         };
@@ -278,7 +304,7 @@ async fn decide(session: &DebugSession, pods: &Api<Pod>, ctx: &Context, now: Tim
                 if failure.reason == FailureReason::EphemeralContainersUnavailable {
                     ctx.availability.invalidate().await;
                 }
-                return Ok(status::failed_status(session, status, failure, now));
+                return Ok((published, status::failed_status(session, status, failure, now)));
             }
         }
     }

@@ -203,6 +203,126 @@ mod tests {
         }
     }
 
+    mod legacy {
+        use super::*;
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+
+        const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/legacy/");
+
+        fn fixture(name: &str) -> Vec<u8> {
+            std::fs::read(format!("{FIXTURES}{name}")).unwrap()
+        }
+
+        fn web_pod() -> Pod {
+            let mut pod = Pod::default();
+            pod.metadata.name = Some("web".into());
+            pod.metadata.namespace = Some("default".into());
+            pod
+        }
+
+        fn new_container() -> EphemeralContainer {
+            EphemeralContainer {
+                name: "debugger-abcde".into(),
+                image: Some("busybox:1.36".into()),
+                stdin: Some(true),
+                tty: Some(true),
+                target_container_name: Some("app".into()),
+                ..Default::default()
+            }
+        }
+
+        type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        async fn expect(handle: &mut Handle, method: Method, path: &str, status: u16, body: Vec<u8>) -> Vec<u8> {
+            let (request, send) = handle.next_request().await.expect("a request");
+            assert_eq!(request.method(), method);
+            assert_eq!(request.uri().path(), path);
+            let sent = request.into_body().collect_bytes().await.unwrap().to_vec();
+            send.send_response(Response::builder().status(status).body(Body::from(body)).unwrap());
+            sent
+        }
+
+        const PATH: &str = "/api/v1/namespaces/default/pods/web/ephemeralcontainers";
+
+        #[tokio::test]
+        async fn put_keeps_earlier_containers_and_appends_one() {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let server = tokio::spawn(async move {
+                expect(&mut handle, Method::GET, PATH, 200, fixture("get-ephemeralcontainers.json")).await;
+                let put = expect(&mut handle, Method::PUT, PATH, 200, fixture("put-ephemeralcontainers.json")).await;
+                let pod = serde_json::to_vec(&web_pod()).unwrap();
+                expect(&mut handle, Method::GET, "/api/v1/namespaces/default/pods/web", 200, pod).await;
+                put
+            });
+            add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
+                .await
+                .unwrap();
+            let put: serde_json::Value = serde_json::from_slice(&server.await.unwrap()).unwrap();
+            assert_eq!(put["kind"], "EphemeralContainers");
+            assert_eq!(put["apiVersion"], "v1");
+            assert_eq!(put["metadata"]["resourceVersion"], "48213", "the PUT must carry the version it read");
+            let recorded: serde_json::Value = serde_json::from_slice(&fixture("get-ephemeralcontainers.json")).unwrap();
+            let sent = put["ephemeralContainers"].as_array().unwrap();
+            assert_eq!(sent.len(), 2);
+            assert_eq!(sent[0], recorded["ephemeralContainers"][0], "earlier containers go back unchanged");
+            assert_eq!(sent[1]["name"], "debugger-abcde");
+            assert_eq!(sent[1]["targetContainerName"], "app");
+        }
+
+        #[tokio::test]
+        async fn container_already_present_is_not_written_again() {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let server = tokio::spawn(async move {
+                expect(&mut handle, Method::GET, PATH, 200, fixture("put-ephemeralcontainers.json")).await;
+                let pod = serde_json::to_vec(&web_pod()).unwrap();
+                expect(&mut handle, Method::GET, "/api/v1/namespaces/default/pods/web", 200, pod).await;
+            });
+            add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
+                .await
+                .unwrap();
+            server.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn conflict_on_put_reaches_the_caller() {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            tokio::spawn(async move {
+                expect(&mut handle, Method::GET, PATH, 200, fixture("get-ephemeralcontainers.json")).await;
+                expect(&mut handle, Method::PUT, PATH, 409, fixture("conflict.json")).await;
+            });
+            let error = add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
+                .await
+                .unwrap_err();
+            assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error:?}");
+        }
+
+        #[tokio::test]
+        async fn pod_shape_sends_one_container_with_the_read_version() {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let server = tokio::spawn(async move {
+                let (request, send) = handle.next_request().await.unwrap();
+                assert_eq!(request.method(), Method::PATCH);
+                assert_eq!(request.uri().path(), PATH);
+                assert_eq!(request.headers()["content-type"], "application/strategic-merge-patch+json");
+                let body = request.into_body().collect_bytes().await.unwrap();
+                send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&web_pod()).unwrap())).unwrap());
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+            });
+            let mut pod = web_pod();
+            pod.metadata.resource_version = Some("77".into());
+            add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
+            let patch = server.await.unwrap();
+            assert_eq!(patch["metadata"]["resourceVersion"], "77");
+            assert_eq!(patch["spec"]["ephemeralContainers"].as_array().unwrap().len(), 1);
+            assert_eq!(patch["spec"]["ephemeralContainers"][0]["name"], "debugger-abcde");
+        }
+    }
+
     #[test]
     fn vendor_suffixes_are_ignored() {
         assert_eq!(parse_version(&info("1", "21+")), Some((1, 21)));

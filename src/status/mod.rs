@@ -58,7 +58,7 @@ pub fn plan(session: &DebugSession, target: TargetLookup, unavailable: Option<&F
         TargetLookup::Found(pod) => {
             status.pod_name = pod.metadata.name.clone();
             status.pod_uid = pod.metadata.uid.clone();
-            record_kubelet_states(session, pod, &mut status.containers);
+            record_kubelet_states(session, pod, &mut status.containers, now);
             Some(pod)
         }
         TargetLookup::Failed(_) => None,
@@ -140,8 +140,9 @@ pub fn failed_status(session: &DebugSession, status: DebugSessionStatus, failure
 }
 
 /// Updates the records of our containers from the pod, and adopts containers
-/// of ours that the records miss (e.g. the operator crashed after injecting).
-fn record_kubelet_states(session: &DebugSession, pod: &Pod, records: &mut Vec<DebugContainerStatus>) {
+/// of ours that the records miss (e.g. the operator crashed after injecting);
+/// their start timeout counts from the adoption.
+fn record_kubelet_states(session: &DebugSession, pod: &Pod, records: &mut Vec<DebugContainerStatus>, now: Timestamp) {
     let uid = session.metadata.uid.as_deref().unwrap_or_default();
     for attempt in 0..=session.spec.attempt {
         if records.iter().any(|r| r.attempt == attempt) {
@@ -150,7 +151,7 @@ fn record_kubelet_states(session: &DebugSession, pod: &Pod, records: &mut Vec<De
         if let Ok(name) = choose_container_name(session, pod, attempt)
             && name_owner(pod, &name, uid) == NameOwner::ThisSession
         {
-            records.push(DebugContainerStatus { name, attempt, ..Default::default() });
+            records.push(DebugContainerStatus { name, attempt, injected_at: Some(Time(now)), ..Default::default() });
         }
     }
     records.sort_by_key(|r| r.attempt);

@@ -336,6 +336,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   enable_selinux = false
   disable_apparmor = true
   disable_hugetlb_controller = true
+  # network namespaces of pods under our state dir instead of /var/run/netns
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "$SNAPSHOTTER"
     default_runtime_name = "runc"
