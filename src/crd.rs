@@ -4,21 +4,36 @@
 
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Every spec field but `attempt` is immutable. `self.?f == oldSelf.?f` also
-/// catches an optional field being added or removed.
+/// CEL that holds when the optional field `f` is unchanged, added or removed
+/// included. (`self.?f == oldSelf.?f` says the same, but the API server's cost
+/// estimate for optionals exceeds the budget.)
+macro_rules! unchanged {
+    ($f:literal) => {
+        concat!("(has(self.", $f, ") == has(oldSelf.", $f, ") && (!has(self.", $f, ") || self.", $f, " == oldSelf.", $f, "))")
+    };
+}
+
+/// Every spec field but `attempt` is immutable.
 const SPEC_IMMUTABLE_RULE: &str = concat!(
     "self.target == oldSelf.target && self.image == oldSelf.image",
-    " && self.?imagePullPolicy == oldSelf.?imagePullPolicy",
-    " && self.?command == oldSelf.?command && self.?args == oldSelf.?args",
-    " && self.?env == oldSelf.?env && self.?workingDir == oldSelf.?workingDir",
-    " && self.?stdin == oldSelf.?stdin && self.?tty == oldSelf.?tty",
-    " && self.?profile == oldSelf.?profile && self.?containerName == oldSelf.?containerName",
-    " && self.?startTimeoutSeconds == oldSelf.?startTimeoutSeconds",
-    " && self.?ttlSecondsAfterFinished == oldSelf.?ttlSecondsAfterFinished",
+    " && ", unchanged!("imagePullPolicy"),
+    " && ", unchanged!("command"),
+    " && ", unchanged!("args"),
+    " && ", unchanged!("env"),
+    " && ", unchanged!("workingDir"),
+    " && ", unchanged!("stdin"),
+    " && ", unchanged!("tty"),
+    " && ", unchanged!("profile"),
+    " && ", unchanged!("containerName"),
+    " && ", unchanged!("startTimeoutSeconds"),
+    " && ", unchanged!("ttlSecondsAfterFinished"),
 );
 
 /// A request to debug a running pod with an ephemeral container.
@@ -127,7 +142,7 @@ fn default_start_timeout() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(
     validation = Rule::new("has(self.pod) != has(self.selector)").message("set exactly one of target.pod and target.selector"),
-    validation = Rule::new("!has(self.selector) || size(self.selector.?matchLabels.orValue({})) + size(self.selector.?matchExpressions.orValue([])) > 0").message("target.selector must not be empty: it would match every pod"),
+    validation = Rule::new("!has(self.selector) || (has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)").message("target.selector must not be empty: it would match every pod"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
@@ -346,9 +361,57 @@ impl FailureReason {
     }
 }
 
+/// Size bounds for spec fields whose types (from k8s-openapi) declare none.
+/// The API server estimates the cost of the immutability rule from them;
+/// unbounded, it assumes megabyte strings and refuses the CRD.
+const MAX_STRING_LENGTH: i64 = 4096;
+const MAX_LIST_ITEMS: i64 = 64;
+const MAX_MAP_PROPERTIES: i64 = 64;
+
+fn bound_sizes(schema: &mut JSONSchemaProps) {
+    match schema.type_.as_deref() {
+        Some("string") if schema.enum_.is_none() => {
+            schema.max_length.get_or_insert(MAX_STRING_LENGTH);
+        }
+        Some("array") => {
+            schema.max_items.get_or_insert(MAX_LIST_ITEMS);
+        }
+        Some("object") if schema.additional_properties.is_some() => {
+            schema.max_properties.get_or_insert(MAX_MAP_PROPERTIES);
+        }
+        _ => {}
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        bound_sizes(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = &mut schema.items {
+        bound_sizes(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
+        bound_sizes(values);
+    }
+}
+
+/// The DebugSession CRD, with every spec field bounded in size.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = DebugSession::crd();
+    for version in &mut crd.spec.versions {
+        let spec = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"));
+        if let Some(spec) = spec {
+            bound_sizes(spec);
+        }
+    }
+    crd
+}
+
 /// The CRD as YAML, as `ephemera crd` prints it and `crds/debugsession.yaml` holds it.
 pub fn crd_yaml() -> String {
-    let crd = DebugSession::crd();
+    let crd = crd();
     let body = serde_yaml::to_string(&crd).expect("the CRD always serializes");
     format!("# Generated by `ephemera crd`; do not edit.\n---\n{body}")
 }

@@ -159,7 +159,8 @@ issue() {
   newkey "$PKI/$name.key"
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
   printf '%b\n' "$ext" >"$PKI/$name.ext"
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+  local ca=${CA_NAME:-ca}
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days 3650 -sha256 \
     -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
@@ -181,6 +182,13 @@ gen_pki() {
   issue controller-manager "/CN=system:kube-controller-manager" "$client"
   issue scheduler "/CN=system:kube-scheduler" "$client"
   issue kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
+  # front proxy (aggregation layer): its own CA, so its client certificate
+  # cannot authenticate as anyone directly
+  newkey "$PKI/front-proxy-ca.key"
+  openssl req -x509 -new -key "$PKI/front-proxy-ca.key" -subj "/CN=ephemera-front-proxy-ca" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/front-proxy-ca.crt" 2>/dev/null
+  CA_NAME=front-proxy-ca issue front-proxy-client "/CN=front-proxy-client" "$client"
   # service-account token signing key pair
   newkey "$PKI/sa.key"
   openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -275,6 +283,10 @@ start_control_plane() {
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP,Hostname \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --profiling=false --v=1
   wait_until "kube-apiserver /readyz" 120 kube-apiserver apiserver_ready
 
@@ -336,6 +348,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   enable_selinux = false
   disable_apparmor = true
   disable_hugetlb_controller = true
+  # This VM grants root every capability but CAP_SYS_RESOURCE, so nobody may
+  # lower an oom_score_adj (the kubelet asks -998 for sandboxes): clamp it to
+  # containerd's own value instead of failing every pod.
+  restrict_oom_score_adj = true
   # network namespaces of pods under our state dir instead of /var/run/netns
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -427,6 +443,8 @@ syncFrequency: 10s
 fileCheckFrequency: 10s
 nodeStatusUpdateFrequency: 5s
 shutdownGracePeriod: 0s
+# without CAP_SYS_RESOURCE (see the containerd config) the default -999 fails
+oomScoreAdj: 0
 EOF
 }
 
@@ -442,6 +460,7 @@ pick_snapshotter() {
     SNAPSHOTTER=native
   fi
   rm -rf "$d"
+  echo "$SNAPSHOTTER" >"$STATE/snapshotter"
 }
 
 containerd_ready() { ctr --address "$CONTAINERD_SOCK" version; }

@@ -1,0 +1,311 @@
+//! Test environment on the local cluster of tests/cluster: a client, a
+//! namespace of the test's own and an operator process watching only it, so
+//! tests run in parallel without seeing each other.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ephemera::crd::{DebugSession, Phase};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Config, ResourceExt};
+
+pub const IMAGE: &str = "localhost/busybox:1.36";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn cluster_dir() -> PathBuf {
+    std::env::var_os("EPHEMERA_CLUSTER_DIR").map_or_else(|| PathBuf::from("/tmp/ephemera-cluster"), PathBuf::from)
+}
+
+pub fn kubeconfig() -> PathBuf {
+    cluster_dir().join("kubeconfig")
+}
+
+/// Starts the cluster through up.sh unless it already answers; once per test binary.
+fn ensure_cluster() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let healthy = kubeconfig().exists()
+            && kubectl_output(&["get", "--raw", "/readyz"]).is_ok_and(|o| o.status.success());
+        if !healthy {
+            let status = Command::new("flock")
+                .arg(cluster_dir().with_extension("lock"))
+                .arg(repo_root().join("tests/cluster/up.sh"))
+                .status()
+                .expect("run tests/cluster/up.sh");
+            assert!(status.success(), "tests/cluster/up.sh failed");
+        }
+    });
+}
+
+fn kubectl_output(args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new(cluster_dir().join("bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+}
+
+/// Runs kubectl (the cluster's own build) and returns (success, stdout + stderr).
+pub fn kubectl(args: &[&str]) -> (bool, String) {
+    let output = kubectl_output(args).expect("run kubectl");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+pub async fn client_for(context: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("read kubeconfig");
+    let options = KubeConfigOptions { context: Some(context.into()), ..Default::default() };
+    let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("kubeconfig context");
+    Client::try_from(config).expect("client")
+}
+
+/// Installs the CRD from crds/ (server-side apply) and waits until it is served.
+async fn install_crd(client: &Client) {
+    let yaml = std::fs::read_to_string(repo_root().join("crds/debugsession.yaml")).unwrap();
+    let crd: CustomResourceDefinition = serde_yaml::from_str(yaml.trim_start_matches(|c| c != '-').trim_start_matches("---")).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(&crd.name_any(), &PatchParams::apply("ephemera-e2e").force(), &Patch::Apply(&crd))
+        .await
+        .expect("apply CRD");
+    let name = crd.name_any();
+    let established = await_condition(crds, &name, conditions::is_crd_established());
+    tokio::time::timeout(Duration::from_secs(30), established).await.expect("CRD established").unwrap();
+}
+
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Runs `ephemera run --namespace <ns>` with the given kubeconfig context.
+    pub fn start(namespace: &str, context: &str, metrics_addr: &str) -> Self {
+        let log_dir = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log = log_dir.join(format!("{namespace}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ephemera"))
+            .args(["run", "--namespace", namespace, "--metrics-addr", metrics_addr])
+            .env("KUBECONFIG", kubeconfig())
+            .env("EPHEMERA_KUBE_CONTEXT", context)
+            .env("RUST_LOG", "info,ephemera=debug,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start the operator");
+        Self { child, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct TestEnv {
+    pub client: Client,
+    pub namespace: String,
+    pub sessions: Api<DebugSession>,
+    pub pods: Api<Pod>,
+    pub operator: Option<Operator>,
+}
+
+impl TestEnv {
+    /// A fresh namespace `e2e-<name>` with an operator (as admin) watching it.
+    pub async fn new(name: &str) -> Self {
+        Self::with_namespace_labels(name, &[]).await
+    }
+
+    pub async fn with_namespace_labels(name: &str, labels: &[(&str, &str)]) -> Self {
+        let mut env = Self::without_operator(name, labels).await;
+        env.start_operator("admin");
+        env
+    }
+
+    pub async fn without_operator(name: &str, labels: &[(&str, &str)]) -> Self {
+        ensure_cluster();
+        let client = client_for("admin").await;
+        static CRD: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        CRD.get_or_init(|| install_crd(&client)).await;
+        let namespace = format!("e2e-{name}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        if namespaces.get_opt(&namespace).await.unwrap().is_some() {
+            let _ = namespaces.delete(&namespace, &DeleteParams::foreground()).await;
+            let gone = await_condition(namespaces.clone(), &namespace, conditions::is_deleted(""));
+            tokio::time::timeout(Duration::from_secs(120), gone).await.expect("old namespace deleted").unwrap();
+        }
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(namespace.clone());
+        ns.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
+        let _ = std::fs::remove_file(repo_root().join(format!("target/e2e-logs/{namespace}.log")));
+        Self {
+            sessions: Api::namespaced(client.clone(), &namespace),
+            pods: Api::namespaced(client.clone(), &namespace),
+            client,
+            namespace,
+            operator: None,
+        }
+    }
+
+    pub fn start_operator(&mut self, context: &str) {
+        self.operator = Some(Operator::start(&self.namespace, context, "127.0.0.1:0"));
+    }
+
+    /// Creates a busybox pod whose containers sleep, and waits until it is Running.
+    pub async fn running_pod(&self, name: &str, containers: &[&str], labels: &[(&str, &str)]) -> Pod {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>() },
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": containers.iter().map(|c| serde_json::json!({
+                    "name": c,
+                    "image": IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 3600 & wait; done"],
+                })).collect::<Vec<_>>(),
+            }
+        }))
+        .unwrap();
+        self.pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        self.wait_pod(name, "Running", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| cs.iter().all(|c| c.ready))
+        })
+        .await
+    }
+
+    pub async fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Pod) -> bool) -> Pod {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(pod) = self.pods.get_opt(name).await.unwrap()
+                && ok(&pod)
+            {
+                return pod;
+            }
+            assert!(Instant::now() < deadline, "pod {name} never became {what}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn wait_pod_gone(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.pods.get_opt(name).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "pod {name} was never deleted");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn create_session(&self, yaml: &str) -> DebugSession {
+        let session: DebugSession = serde_yaml::from_str(yaml).expect("session YAML");
+        self.sessions.create(&PostParams::default(), &session).await.expect("create DebugSession")
+    }
+
+    /// Waits until the session satisfies `ok`, failing with its status and the operator log if it never does.
+    pub async fn wait_session(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&DebugSession) -> bool) -> DebugSession {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let session = self.sessions.get_opt(name).await.unwrap();
+            if let Some(s) = &session
+                && ok(s)
+            {
+                return session.unwrap();
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "DebugSession {name} never became {what}; last status:\n{}\noperator log:\n{}",
+                    serde_yaml::to_string(&session.and_then(|s| s.status)).unwrap(),
+                    self.operator_log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: Phase) -> DebugSession {
+        self.wait_session(name, phase.as_str(), Duration::from_secs(90), |s| {
+            s.status.as_ref().and_then(|st| st.phase) == Some(phase)
+        })
+        .await
+    }
+
+    pub fn operator_log_tail(&self) -> String {
+        let Some(operator) = &self.operator else { return "(no operator)".into() };
+        let log = std::fs::read_to_string(&operator.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Names of the pod's ephemeral containers, in order.
+    pub async fn ephemeral_names(&self, pod: &str) -> Vec<String> {
+        let pod = self.pods.get(pod).await.unwrap();
+        pod.spec.unwrap().ephemeral_containers.unwrap_or_default().into_iter().map(|c| c.name).collect()
+    }
+
+    /// Reasons of the Kubernetes events about a session, oldest first.
+    pub async fn event_reasons(&self, session: &str) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut list = events.list(&Default::default()).await.unwrap().items;
+        list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(session));
+        list.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        list.into_iter().filter_map(|e| e.reason).collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("operator log of {}:\n{}", self.namespace, self.operator_log_tail());
+        }
+        // Leave the namespace when a test failed, for a look; otherwise clean up in the background.
+        if !std::thread::panicking() {
+            let _ = Command::new(cluster_dir().join("bin/kubectl"))
+                .arg("--kubeconfig")
+                .arg(kubeconfig())
+                .args(["delete", "namespace", &self.namespace, "--wait=false"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Every phase a session's status takes, in order, as seen by a watch, until `last` or the timeout.
+pub async fn record_phases(sessions: Api<DebugSession>, name: &str, last: Phase, timeout: Duration) -> Vec<Phase> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(sessions, config).applied_objects().boxed();
+    let mut phases: Vec<Phase> = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(session) = stream.try_next().await.unwrap() {
+            if let Some(phase) = session.status.and_then(|s| s.phase)
+                && phases.last() != Some(&phase)
+            {
+                phases.push(phase);
+                if phase == last {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    phases
+}

@@ -1,0 +1,154 @@
+//! Every `Failed` reason, provoked on the real cluster.
+
+use std::time::Duration;
+
+use ephemera::crd::{FailureReason, Phase};
+use kube::api::{DeleteParams, PostParams};
+
+use crate::common::{TestEnv, kubectl};
+
+async fn expect_failure(env: &TestEnv, session: &str, reason: FailureReason, message_part: &str) -> ephemera::crd::DebugSession {
+    let session = env.wait_phase(session, Phase::Failed).await;
+    let status = session.status.clone().unwrap();
+    assert_eq!(status.reason, Some(reason), "{status:?}");
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains(message_part), "message {message:?} lacks {message_part:?}");
+    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", reason.as_str()));
+    let events = env.event_reasons(&session.metadata.name.clone().unwrap()).await;
+    assert!(events.iter().any(|e| e == reason.as_str()), "no {} event in {events:?}", reason.as_str());
+    session
+}
+
+fn session_yaml(name: &str, target: &str, extra: &str) -> String {
+    format!(
+        "metadata: {{ name: {name} }}\nspec:\n  target: {target}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_problems_fail_before_anything_is_written() {
+    let env = TestEnv::new("target-failures").await;
+    env.running_pod("web", &["app"], &[]).await;
+    // A pod that can never be scheduled stays Pending.
+    let pending: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "pending" },
+        "spec": { "nodeSelector": { "no-such": "node" }, "containers": [{ "name": "app", "image": "localhost/busybox:1.36" }] }
+    }))
+    .unwrap();
+    env.pods.create(&PostParams::default(), &pending).await.unwrap();
+
+    env.create_session(&session_yaml("missing-pod", "{ pod: nope }", "")).await;
+    env.create_session(&session_yaml("missing-container", "{ pod: web, container: nope }", "")).await;
+    env.create_session(&session_yaml("not-running", "{ pod: pending }", "")).await;
+    env.create_session(&session_yaml("no-match", "{ selector: { matchLabels: { app: nothing } } }", "")).await;
+
+    expect_failure(&env, "missing-pod", FailureReason::TargetNotFound, "pod nope does not exist").await;
+    expect_failure(&env, "missing-container", FailureReason::TargetContainerNotFound, "its containers are: app").await;
+    expect_failure(&env, "not-running", FailureReason::TargetNotRunning, "pod pending is Pending").await;
+    expect_failure(&env, "no-match", FailureReason::TargetNotFound, "no pod matches the selector app=nothing").await;
+    assert!(env.ephemeral_names("web").await.is_empty());
+    assert!(env.ephemeral_names("pending").await.is_empty());
+
+    // A failure is not retried on its own; raising attempt retries, here successfully.
+    env.running_pod("nope", &["app"], &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let session = env.sessions.get("missing-pod").await.unwrap();
+    assert_eq!(session.status.unwrap().phase, Some(Phase::Failed));
+    let (ok, out) = kubectl(&["patch", "dbgs", "missing-pod", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":1}}"#]);
+    assert!(ok, "{out}");
+    let session = env.wait_phase("missing-pod", Phase::Running).await;
+    assert_eq!(session.status.unwrap().container_name.map(|n| n.ends_with("-1")), Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_security_admission_refusal_is_forbidden() {
+    let env = TestEnv::with_namespace_labels("psa", &[("pod-security.kubernetes.io/enforce", "baseline")]).await;
+    env.running_pod("web", &["app"], &[]).await;
+    env.create_session(&session_yaml("root", "{ pod: web }", "  profile: sysadmin\n")).await;
+    expect_failure(&env, "root", FailureReason::Forbidden, "violates PodSecurity").await;
+    assert!(env.ephemeral_names("web").await.is_empty());
+    // The same namespace takes a container that baseline allows.
+    env.create_session(&session_yaml("fine", "{ pod: web }", "  profile: baseline\n")).await;
+    env.wait_phase("fine", Phase::Running).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rbac_refusal_is_forbidden() {
+    let mut env = TestEnv::without_operator("rbac", &[]).await;
+    // alice may run the controller in this namespace but not add ephemeral containers.
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": { "name": "operator-without-ephemeral", "namespace": env.namespace },
+        "rules": [
+            { "apiGroups": ["ephemera.dev"], "resources": ["debugsessions"], "verbs": ["get", "list", "watch", "delete"] },
+            { "apiGroups": ["ephemera.dev"], "resources": ["debugsessions/status"], "verbs": ["get", "patch", "update"] },
+            { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }
+        ]
+    });
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "alice-operator", "namespace": env.namespace },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-without-ephemeral" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" }]
+    });
+    for object in [role, binding] {
+        let path = std::env::temp_dir().join(format!("{}-{}.json", env.namespace, object["kind"].as_str().unwrap()));
+        std::fs::write(&path, object.to_string()).unwrap();
+        let (ok, out) = kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(ok, "{out}");
+    }
+    env.running_pod("web", &["app"], &[]).await;
+    env.start_operator("alice");
+    env.create_session(&session_yaml("denied", "{ pod: web }", "")).await;
+    expect_failure(&env, "denied", FailureReason::Forbidden, "cannot patch resource \"pods/ephemeralcontainers\"").await;
+    assert!(env.ephemeral_names("web").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_container_is_reported_with_the_servers_message() {
+    let env = TestEnv::new("invalid").await;
+    env.running_pod("web", &["app"], &[]).await;
+    env.create_session(&session_yaml("bad-env", "{ pod: web }", "  env: [{ name: \"A=B\", value: x }]\n")).await;
+    expect_failure(&env, "bad-env", FailureReason::Invalid, "spec.ephemeralContainers[0].env[0].name").await;
+    assert!(env.ephemeral_names("web").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_that_never_starts_times_out() {
+    let env = TestEnv::new("start-timeout").await;
+    env.running_pod("web", &["app"], &[]).await;
+    env.create_session(
+        "metadata: { name: slow }\nspec:\n  target: { pod: web }\n  image: localhost/not-imported:1\n  imagePullPolicy: Never\n  startTimeoutSeconds: 6\n",
+    )
+    .await;
+    let injected = env
+        .wait_session("slow", "Injected with a waiting reason", Duration::from_secs(60), |s| {
+            s.status.as_ref().is_some_and(|st| st.phase == Some(Phase::Injected) && st.waiting_reason.is_some())
+        })
+        .await;
+    assert_eq!(injected.status.unwrap().waiting_reason.as_deref(), Some("ErrImageNeverPull"));
+    let failed = expect_failure(&env, "slow", FailureReason::StartTimeout, "did not start within 6s: it is still waiting (ErrImageNeverPull)").await;
+    assert_eq!(failed.status.unwrap().containers.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_or_replaced_pod_is_target_gone() {
+    let env = TestEnv::new("gone").await;
+    env.running_pod("web", &["app"], &[]).await;
+    env.create_session(&session_yaml("orphan", "{ pod: web }", "")).await;
+    env.wait_phase("orphan", Phase::Running).await;
+    env.pods.delete("web", &DeleteParams::default().grace_period(0)).await.unwrap();
+    expect_failure(&env, "orphan", FailureReason::TargetGone, "pod web was deleted").await;
+
+    // A pod of the same name is another pod: the pinned UID tells them apart.
+    env.wait_pod_gone("web").await;
+    env.running_pod("web", &["app"], &[]).await;
+    let (ok, out) = kubectl(&["patch", "dbgs", "orphan", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":1}}"#]);
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let session = env.sessions.get("orphan").await.unwrap();
+    assert_eq!(session.status.unwrap().reason, Some(FailureReason::TargetGone), "TargetGone is permanent");
+    assert!(env.ephemeral_names("web").await.is_empty());
+}
