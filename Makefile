@@ -33,3 +33,7 @@ e2e-test: cluster-up
 demo: cluster-up
 	$(CARGO) build --locked
 	./hack/demo.sh
+
+demo-stop:
+	-kill $$(cat $(CLUSTER_DIR)/pids/ephemera.pid 2>/dev/null) 2>/dev/null
+	rm -f $(CLUSTER_DIR)/pids/ephemera.pid

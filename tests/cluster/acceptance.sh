@@ -223,6 +223,7 @@ else
   fail "ephemeral container dbg2 never Running (state: $(eph_field "$POD" dbg2 .state))"
 fi
 check "kubectl attached (the prompt shows up)" poll 30 pane_has dbg 'If you don'"'"'t see a command prompt'
+# shellcheck disable=SC2016 # expanded by the shell in the container
 tm send-keys -t dbg 'echo marker-$((6*7)); ps' Enter
 check "typed command runs inside the container" poll 20 pane_has dbg 'marker-42'
 check "the interactive container sees the target's process" poll 10 pane_has dbg 'sleep 3600'

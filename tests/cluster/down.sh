@@ -59,8 +59,8 @@ mounts_under() {
 }
 
 unmount_all() {
-  local i m left
-  for i in 1 2 3 4 5; do
+  local m left
+  for _ in 1 2 3 4 5; do
     left=$(mounts_under "$STATE")
     [[ -n $left ]] || return 0
     while IFS= read -r m; do
@@ -87,7 +87,7 @@ remove_cgroups() {
   local pids d
   pids=$(cgroup_procs)
   if [[ -n $pids ]]; then
-    log "killing processes left in the cluster's cgroups: $(echo $pids)"
+    log "killing processes left in the cluster's cgroups: ${pids//$'\n'/ }"
     # shellcheck disable=SC2086
     kill -KILL $pids 2>/dev/null || true
     sleep 0.5
@@ -170,7 +170,7 @@ stop_pids etcd
 #    a container would not stop), then whatever still runs in our cgroups
 shims=$(our_shims)
 if [[ -n $shims ]]; then
-  log "killing leftover containerd shims: $(echo $shims)"
+  log "killing leftover containerd shims: ${shims//$'\n'/ }"
   # shellcheck disable=SC2086
   kill -KILL $shims 2>/dev/null || true
 fi

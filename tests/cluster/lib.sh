@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables are used by the scripts that source this file
 # Shared settings and helpers for up.sh, down.sh, import-image.sh and acceptance.sh.
 # Sourced, never run.
 
