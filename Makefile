@@ -7,13 +7,32 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build crds test unit-test e2e-test demo demo-stop lint
+.PHONY: build crds manifests check-generated test unit-test e2e-test demo demo-stop lint
 
 build:
 	$(CARGO) build --release --locked
 
+HELM_VERSION := v3.22.0
+HELM := $(HOME)/.cache/ephemera/helm-$(HELM_VERSION)/helm
+
 crds:
 	$(CARGO) run --quiet --locked -- crd > crds/debugsession.yaml
+	cp crds/debugsession.yaml charts/ephemera/crds/debugsession.yaml
+
+# Helm, built from the Go module proxy once and cached.
+$(HELM):
+	GOBIN=$(dir $(HELM)) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+# deploy/ephemera.yaml: the chart rendered with its defaults, CRD and namespace included.
+manifests: $(HELM)
+	./hack/render-manifests.sh $(HELM) > deploy/ephemera.yaml
+
+# Fails when crds/, the chart's crds/ or deploy/ are stale.
+check-generated: $(HELM)
+	$(CARGO) run --quiet --locked -- crd | diff -u crds/debugsession.yaml -
+	diff -u crds/debugsession.yaml charts/ephemera/crds/debugsession.yaml
+	$(HELM) lint --strict charts/ephemera
+	./hack/render-manifests.sh $(HELM) | diff -u deploy/ephemera.yaml -
 
 lint:
 	$(CARGO) fmt --check
@@ -21,6 +40,7 @@ lint:
 
 unit-test:
 	$(CARGO) test --locked --lib --test crd_drift
+	$(MAKE) check-generated
 
 # Everything CI runs: unit tests, then the cluster harness and the controller against a real cluster.
 test: unit-test cluster-up cluster-test e2e-test

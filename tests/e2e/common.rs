@@ -92,13 +92,17 @@ pub struct Operator {
 impl Operator {
     /// Runs `ephemera run --namespace <ns>` with the given kubeconfig context.
     pub fn start(namespace: &str, context: &str, metrics_addr: &str) -> Self {
+        Self::start_with_kubeconfig(namespace, &kubeconfig(), context, metrics_addr)
+    }
+
+    pub fn start_with_kubeconfig(namespace: &str, kubeconfig: &std::path::Path, context: &str, metrics_addr: &str) -> Self {
         let log_dir = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
         let log = log_dir.join(format!("{namespace}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ephemera"))
             .args(["run", "--namespace", namespace, "--metrics-addr", metrics_addr])
-            .env("KUBECONFIG", kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("EPHEMERA_KUBE_CONTEXT", context)
             .env("RUST_LOG", "info,ephemera=debug,kube=warn")
             .stdin(Stdio::null())

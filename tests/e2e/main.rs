@@ -3,6 +3,7 @@
 
 mod common;
 mod failures;
+mod gate_off;
 mod interactive;
 
 use std::time::Duration;
