@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -121,12 +121,7 @@ pub fn targets_pod(session: &DebugSession, namespace: &str, name: &str, labels: 
         return true;
     }
     let pinned = status.is_some_and(|s| !s.containers.is_empty());
-    !pinned
-        && target
-            .selector
-            .clone()
-            .and_then(|s| Selector::try_from(s).ok())
-            .is_some_and(|s| s.matches(labels))
+    !pinned && target.selector.clone().and_then(|s| Selector::try_from(s).ok()).is_some_and(|s| s.matches(labels))
 }
 
 /// The target pod as found, or why not.
@@ -152,7 +147,9 @@ async fn resolve_target(pods: &Api<Pod>, session: &DebugSession) -> Result<Resol
             Some(pod) if pod.metadata.uid.as_ref() == Some(uid) => Resolved::Pod(Box::new(pod)),
             Some(_) => Resolved::Failed(Failure::new(
                 FailureReason::TargetGone,
-                format!("pod {name} was replaced by a new pod of the same name; its debug containers went with the old one"),
+                format!(
+                    "pod {name} was replaced by a new pod of the same name; its debug containers went with the old one"
+                ),
             )),
             None => Resolved::Failed(Failure::new(FailureReason::TargetGone, format!("pod {name} was deleted"))),
         });
@@ -170,7 +167,10 @@ async fn resolve_target(pods: &Api<Pod>, session: &DebugSession) -> Result<Resol
     let selector = match Selector::try_from(label_selector) {
         Ok(selector) => selector,
         Err(error) => {
-            return Ok(Resolved::Failed(Failure::new(FailureReason::Invalid, format!("invalid target.selector: {error}"))));
+            return Ok(Resolved::Failed(Failure::new(
+                FailureReason::Invalid,
+                format!("invalid target.selector: {error}"),
+            )));
         }
     };
     let shown = selector.to_string();
@@ -191,7 +191,10 @@ fn failure_of_write(error: &kube::Error) -> Option<Failure> {
         _ => return None,
     };
     let message = if reason == FailureReason::EphemeralContainersUnavailable {
-        format!("the API server answered 404 on pods/ephemeralcontainers ({}): ephemeral containers are disabled for this cluster", status.message)
+        format!(
+            "the API server answered 404 on pods/ephemeralcontainers ({}): ephemeral containers are disabled for this cluster",
+            status.message
+        )
     } else {
         format!("the API server refused the debug container: {}", status.message)
     };
@@ -345,7 +348,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn session(target: Target, status: Option<DebugSessionStatus>) -> DebugSession {
-        let spec: DebugSessionSpec = serde_json::from_value(serde_json::json!({"target": target, "image": "busybox"})).unwrap();
+        let spec: DebugSessionSpec =
+            serde_json::from_value(serde_json::json!({"target": target, "image": "busybox"})).unwrap();
         let mut s = DebugSession::new("s", spec);
         s.metadata.namespace = Some("ns".into());
         s.status = status;

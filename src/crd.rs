@@ -3,10 +3,10 @@
 //! Field docs become the CRD's descriptions, so `kubectl explain` reads them.
 
 use k8s_openapi::api::core::v1::EnvVar;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -16,24 +16,47 @@ use serde::{Deserialize, Serialize};
 /// estimate for optionals exceeds the budget.)
 macro_rules! unchanged {
     ($f:literal) => {
-        concat!("(has(self.", $f, ") == has(oldSelf.", $f, ") && (!has(self.", $f, ") || self.", $f, " == oldSelf.", $f, "))")
+        concat!(
+            "(has(self.",
+            $f,
+            ") == has(oldSelf.",
+            $f,
+            ") && (!has(self.",
+            $f,
+            ") || self.",
+            $f,
+            " == oldSelf.",
+            $f,
+            "))"
+        )
     };
 }
 
 /// Every spec field but `attempt` is immutable.
 const SPEC_IMMUTABLE_RULE: &str = concat!(
     "self.target == oldSelf.target && self.image == oldSelf.image",
-    " && ", unchanged!("imagePullPolicy"),
-    " && ", unchanged!("command"),
-    " && ", unchanged!("args"),
-    " && ", unchanged!("env"),
-    " && ", unchanged!("workingDir"),
-    " && ", unchanged!("stdin"),
-    " && ", unchanged!("tty"),
-    " && ", unchanged!("profile"),
-    " && ", unchanged!("containerName"),
-    " && ", unchanged!("startTimeoutSeconds"),
-    " && ", unchanged!("ttlSecondsAfterFinished"),
+    " && ",
+    unchanged!("imagePullPolicy"),
+    " && ",
+    unchanged!("command"),
+    " && ",
+    unchanged!("args"),
+    " && ",
+    unchanged!("env"),
+    " && ",
+    unchanged!("workingDir"),
+    " && ",
+    unchanged!("stdin"),
+    " && ",
+    unchanged!("tty"),
+    " && ",
+    unchanged!("profile"),
+    " && ",
+    unchanged!("containerName"),
+    " && ",
+    unchanged!("startTimeoutSeconds"),
+    " && ",
+    unchanged!("ttlSecondsAfterFinished"),
 );
 
 /// A request to debug a running pod with an ephemeral container.

@@ -1,9 +1,7 @@
 //! Building the ephemeral container for a session: its name, its security
 //! profile and the container spec. Everything here is pure.
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, EnvVar, EphemeralContainer, Pod, SeccompProfile, SecurityContext,
-};
+use k8s_openapi::api::core::v1::{Capabilities, EnvVar, EphemeralContainer, Pod, SeccompProfile, SecurityContext};
 
 use crate::crd::{DebugSession, Profile};
 
@@ -16,10 +14,7 @@ pub const SESSION_ENV: &str = "EPHEMERA_SESSION";
 /// The security context of `kubectl debug --profile=<profile>` for an ephemeral container.
 pub fn security_context(profile: Profile) -> Option<SecurityContext> {
     let add_capabilities = |caps: &[&str]| SecurityContext {
-        capabilities: Some(Capabilities {
-            add: Some(caps.iter().map(|c| c.to_string()).collect()),
-            drop: None,
-        }),
+        capabilities: Some(Capabilities { add: Some(caps.iter().map(|c| c.to_string()).collect()), drop: None }),
         ..Default::default()
     };
     match profile {
@@ -28,21 +23,12 @@ pub fn security_context(profile: Profile) -> Option<SecurityContext> {
         Profile::Restricted => Some(SecurityContext {
             run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                add: None,
-                drop: Some(vec!["ALL".into()]),
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
+            capabilities: Some(Capabilities { add: None, drop: Some(vec!["ALL".into()]) }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
             ..Default::default()
         }),
         Profile::Netadmin => Some(add_capabilities(&["NET_ADMIN", "NET_RAW"])),
-        Profile::Sysadmin => Some(SecurityContext {
-            privileged: Some(true),
-            ..Default::default()
-        }),
+        Profile::Sysadmin => Some(SecurityContext { privileged: Some(true), ..Default::default() }),
     }
 }
 
@@ -50,16 +36,10 @@ pub fn security_context(profile: Profile) -> Option<SecurityContext> {
 /// `debugger-` plus ever longer prefixes of the session UID, so that a name
 /// someone else already took is skipped deterministically.
 pub fn default_name_candidates(session_uid: &str) -> Vec<String> {
-    let uid: String = session_uid
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let mut candidates: Vec<String> = [5, 8, 12]
-        .into_iter()
-        .filter(|len| *len <= uid.len())
-        .map(|len| format!("debugger-{}", &uid[..len]))
-        .collect();
+    let uid: String =
+        session_uid.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect();
+    let mut candidates: Vec<String> =
+        [5, 8, 12].into_iter().filter(|len| *len <= uid.len()).map(|len| format!("debugger-{}", &uid[..len])).collect();
     candidates.push(format!("debugger-{uid}"));
     candidates.dedup();
     candidates
@@ -67,11 +47,7 @@ pub fn default_name_candidates(session_uid: &str) -> Vec<String> {
 
 /// `<base>` for attempt 0, `<base>-<attempt>` after that.
 pub fn name_for_attempt(base: &str, attempt: i32) -> String {
-    if attempt == 0 {
-        base.to_string()
-    } else {
-        format!("{base}-{attempt}")
-    }
+    if attempt == 0 { base.to_string() } else { format!("{base}-{attempt}") }
 }
 
 /// Who holds a container name in a pod.
@@ -88,42 +64,21 @@ pub fn name_owner(pod: &Pod, name: &str, session_uid: &str) -> NameOwner {
     let Some(spec) = &pod.spec else {
         return NameOwner::Free;
     };
-    if let Some(ephemeral) = spec
-        .ephemeral_containers
-        .iter()
-        .flatten()
-        .find(|c| c.name == name)
-    {
-        return if is_from_session(ephemeral, session_uid) {
-            NameOwner::ThisSession
-        } else {
-            NameOwner::Other
-        };
+    if let Some(ephemeral) = spec.ephemeral_containers.iter().flatten().find(|c| c.name == name) {
+        return if is_from_session(ephemeral, session_uid) { NameOwner::ThisSession } else { NameOwner::Other };
     }
-    let taken = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == name);
+    let taken = spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == name);
     if taken { NameOwner::Other } else { NameOwner::Free }
 }
 
 pub fn is_from_session(container: &EphemeralContainer, session_uid: &str) -> bool {
-    container
-        .env
-        .iter()
-        .flatten()
-        .any(|e| e.name == SESSION_UID_ENV && e.value.as_deref() == Some(session_uid))
+    container.env.iter().flatten().any(|e| e.name == SESSION_UID_ENV && e.value.as_deref() == Some(session_uid))
 }
 
 /// The name the debug container of `attempt` gets in this pod: the first
 /// candidate that is free or already ours. `Err` carries the taken name when
 /// the user fixed `spec.containerName` and someone else uses it.
-pub fn choose_container_name(
-    session: &DebugSession,
-    pod: &Pod,
-    attempt: i32,
-) -> Result<String, String> {
+pub fn choose_container_name(session: &DebugSession, pod: &Pod, attempt: i32) -> Result<String, String> {
     let uid = session.metadata.uid.as_deref().unwrap_or_default();
     let bases = match &session.spec.container_name {
         Some(name) => vec![name.clone()],
@@ -141,21 +96,13 @@ pub fn choose_container_name(
 }
 
 /// The ephemeral container for one attempt of a session.
-pub fn build_ephemeral_container(
-    session: &DebugSession,
-    name: &str,
-    target_container: &str,
-) -> EphemeralContainer {
+pub fn build_ephemeral_container(session: &DebugSession, name: &str, target_container: &str) -> EphemeralContainer {
     let spec = &session.spec;
     let namespace = session.metadata.namespace.as_deref().unwrap_or_default();
     let session_name = session.metadata.name.as_deref().unwrap_or_default();
     let mut env = spec.env.clone().unwrap_or_default();
     env.retain(|e| e.name != SESSION_ENV && e.name != SESSION_UID_ENV);
-    env.push(EnvVar {
-        name: SESSION_ENV.into(),
-        value: Some(format!("{namespace}/{session_name}")),
-        value_from: None,
-    });
+    env.push(EnvVar { name: SESSION_ENV.into(), value: Some(format!("{namespace}/{session_name}")), value_from: None });
     env.push(EnvVar {
         name: SESSION_UID_ENV.into(),
         value: Some(session.metadata.uid.clone().unwrap_or_default()),
@@ -236,12 +183,7 @@ mod tests {
 
     #[test]
     fn profiles_match_kubectl_debug() {
-        let caps = |p| {
-            security_context(p)
-                .and_then(|sc| sc.capabilities)
-                .and_then(|c| c.add)
-                .unwrap_or_default()
-        };
+        let caps = |p| security_context(p).and_then(|sc| sc.capabilities).and_then(|c| c.add).unwrap_or_default();
         assert_eq!(caps(Profile::General), vec!["SYS_PTRACE"]);
         assert_eq!(caps(Profile::Netadmin), vec!["NET_ADMIN", "NET_RAW"]);
         assert_eq!(security_context(Profile::Baseline), None);

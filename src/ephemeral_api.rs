@@ -52,9 +52,15 @@ pub fn assess(info: &Info, core_v1: &APIResourceList) -> Availability {
     let served = core_v1.resources.iter().any(|r| r.name == "pods/ephemeralcontainers");
     if !served {
         let advice = match version {
-            Some(v) if v < (1, 23) => "enable the EphemeralContainers=true feature gate on kube-apiserver and on every kubelet (it is off by default before 1.23)",
-            Some(v) if v < (1, 25) => "the EphemeralContainers feature gate is on by default in 1.23 and 1.24 but has been turned off: set EphemeralContainers=true on kube-apiserver and on every kubelet",
-            _ => "ephemeral containers are always on from Kubernetes 1.25, so an API proxy or aggregation layer is hiding pods/ephemeralcontainers from discovery",
+            Some(v) if v < (1, 23) => {
+                "enable the EphemeralContainers=true feature gate on kube-apiserver and on every kubelet (it is off by default before 1.23)"
+            }
+            Some(v) if v < (1, 25) => {
+                "the EphemeralContainers feature gate is on by default in 1.23 and 1.24 but has been turned off: set EphemeralContainers=true on kube-apiserver and on every kubelet"
+            }
+            _ => {
+                "ephemeral containers are always on from Kubernetes 1.25, so an API proxy or aggregation layer is hiding pods/ephemeralcontainers from discovery"
+            }
         };
         return Availability::Unavailable(format!(
             "the API server (Kubernetes {shown}) does not serve pods/ephemeralcontainers: {advice}"
@@ -135,8 +141,7 @@ pub async fn add_ephemeral_container(
                 "metadata": { "resourceVersion": pod.metadata.resource_version },
                 "spec": { "ephemeralContainers": [container] },
             });
-            pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Strategic(&patch))
-                .await
+            pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Strategic(&patch)).await
         }
         ApiShape::LegacyEphemeralContainers => {
             let path = subresource_path(namespace, name);
@@ -167,7 +172,12 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResource;
 
     fn info(major: &str, minor: &str) -> Info {
-        Info { major: major.into(), minor: minor.into(), git_version: format!("v{major}.{minor}.0"), ..Default::default() }
+        Info {
+            major: major.into(),
+            minor: minor.into(),
+            git_version: format!("v{major}.{minor}.0"),
+            ..Default::default()
+        }
     }
 
     fn core_v1(with_subresource: bool) -> APIResourceList {
@@ -188,7 +198,13 @@ mod tests {
             ("1", "21+", true, Some(LegacyEphemeralContainers), None),
             ("1", "22", true, Some(PodSubresource), None),
             ("1", "34", true, Some(PodSubresource), None),
-            ("1", "20", false, None, Some("EphemeralContainers=true feature gate on kube-apiserver and on every kubelet")),
+            (
+                "1",
+                "20",
+                false,
+                None,
+                Some("EphemeralContainers=true feature gate on kube-apiserver and on every kubelet"),
+            ),
             ("1", "22", false, None, Some("off by default before 1.23")),
             ("1", "24", false, None, Some("on by default in 1.23 and 1.24")),
             ("1", "30", false, None, Some("always on from Kubernetes 1.25")),
@@ -294,9 +310,10 @@ mod tests {
                 expect(&mut handle, Method::GET, PATH, 200, fixture("get-ephemeralcontainers.json")).await;
                 expect(&mut handle, Method::PUT, PATH, 409, fixture("conflict.json")).await;
             });
-            let error = add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
-                .await
-                .unwrap_err();
+            let error =
+                add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
+                    .await
+                    .unwrap_err();
             assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error:?}");
         }
 
@@ -310,7 +327,9 @@ mod tests {
                 assert_eq!(request.uri().path(), PATH);
                 assert_eq!(request.headers()["content-type"], "application/strategic-merge-patch+json");
                 let body = request.into_body().collect_bytes().await.unwrap();
-                send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&web_pod()).unwrap())).unwrap());
+                send.send_response(
+                    Response::builder().body(Body::from(serde_json::to_vec(&web_pod()).unwrap())).unwrap(),
+                );
                 serde_json::from_slice::<serde_json::Value>(&body).unwrap()
             });
             let mut pod = web_pod();

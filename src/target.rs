@@ -25,8 +25,7 @@ fn pod_name(pod: &Pod) -> &str {
 }
 
 pub fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    pod.metadata.deletion_timestamp.is_none() && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
 pub fn is_ready(pod: &Pod) -> bool {
@@ -40,19 +39,13 @@ pub fn is_ready(pod: &Pod) -> bool {
 /// newest, then by name so the choice is deterministic.
 pub fn pick_pod<'a>(pods: &'a [Pod], selector: &str) -> Result<&'a Pod, Failure> {
     if pods.is_empty() {
-        return Err(Failure::new(
-            FailureReason::TargetNotFound,
-            format!("no pod matches the selector {selector}"),
-        ));
+        return Err(Failure::new(FailureReason::TargetNotFound, format!("no pod matches the selector {selector}")));
     }
     pods.iter()
         .filter(|p| is_running(p))
         .max_by(|a, b| {
             let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            is_ready(a)
-                .cmp(&is_ready(b))
-                .then(created(a).cmp(&created(b)))
-                .then(pod_name(b).cmp(pod_name(a)))
+            is_ready(a).cmp(&is_ready(b)).then(created(a).cmp(&created(b))).then(pod_name(b).cmp(pod_name(a)))
         })
         .ok_or_else(|| {
             Failure::new(
@@ -66,12 +59,7 @@ pub fn pick_pod<'a>(pods: &'a [Pod], selector: &str) -> Result<&'a Pod, Failure>
 /// name of the container whose process namespace the debug container shares.
 pub fn check_target(pod: &Pod, requested_container: Option<&str>) -> Result<String, Failure> {
     let name = pod_name(pod);
-    if pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(MIRROR_POD_ANNOTATION))
-    {
+    if pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(MIRROR_POD_ANNOTATION)) {
         return Err(Failure::new(
             FailureReason::StaticPodUnsupported,
             format!("pod {name} is the mirror of a static pod, and static pods cannot take ephemeral containers"),
@@ -137,17 +125,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn picks_ready_then_newest_running_pod() {
         let cases: Vec<(&str, Vec<Pod>, Result<&str, FailureReason>)> = vec![
             ("none", vec![], Err(FailureReason::TargetNotFound)),
-            ("none running", vec![pod("a", "Pending", false, 1), pod("b", "Succeeded", false, 2)], Err(FailureReason::TargetNotRunning)),
+            (
+                "none running",
+                vec![pod("a", "Pending", false, 1), pod("b", "Succeeded", false, 2)],
+                Err(FailureReason::TargetNotRunning),
+            ),
             ("only running one", vec![pod("a", "Pending", false, 9), pod("b", "Running", false, 1)], Ok("b")),
             ("ready beats newer", vec![pod("old", "Running", true, 1), pod("new", "Running", false, 5)], Ok("old")),
             ("newest among ready", vec![pod("old", "Running", true, 1), pod("new", "Running", true, 5)], Ok("new")),
             ("tie broken by name", vec![pod("b", "Running", true, 1), pod("a", "Running", true, 1)], Ok("a")),
         ];
         for (what, pods, want) in cases {
-            let got = pick_pod(&pods, "app=x").map(|p| pod_name(p)).map_err(|f| f.reason);
+            let got = pick_pod(&pods, "app=x").map(pod_name).map_err(|f| f.reason);
             assert_eq!(got, want, "{what}");
         }
     }
@@ -163,13 +156,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn checks_target_pod_and_container() {
         let mut mirror = pod("kube-apiserver-node", "Running", true, 1);
         mirror.metadata.annotations = Some(BTreeMap::from([(MIRROR_POD_ANNOTATION.to_string(), "x".to_string())]));
         let cases: Vec<(&str, Pod, Option<&str>, Result<&str, FailureReason>)> = vec![
             ("defaults to first container", pod("p", "Running", true, 1), None, Ok("app")),
             ("named container", pod("p", "Running", true, 1), Some("sidecar"), Ok("sidecar")),
-            ("missing container", pod("p", "Running", true, 1), Some("nope"), Err(FailureReason::TargetContainerNotFound)),
+            (
+                "missing container",
+                pod("p", "Running", true, 1),
+                Some("nope"),
+                Err(FailureReason::TargetContainerNotFound),
+            ),
             ("pending pod", pod("p", "Pending", false, 1), None, Err(FailureReason::TargetNotRunning)),
             ("succeeded pod", pod("p", "Succeeded", false, 1), None, Err(FailureReason::TargetNotRunning)),
             ("static pod", mirror, None, Err(FailureReason::StaticPodUnsupported)),

@@ -8,12 +8,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, EphemeralContainer, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::crd::{
-    ContainerState, DebugContainerStatus, DebugSession, DebugSessionStatus, FailureReason, Phase,
-};
-use crate::debug_container::{
-    NameOwner, attach_command, build_ephemeral_container, choose_container_name, name_owner,
-};
+use crate::crd::{ContainerState, DebugContainerStatus, DebugSession, DebugSessionStatus, FailureReason, Phase};
+use crate::debug_container::{NameOwner, attach_command, build_ephemeral_container, choose_container_name, name_owner};
 use crate::target::{Failure, check_target};
 
 /// The outcome of looking up the target pod.
@@ -27,7 +23,7 @@ pub enum TargetLookup<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     /// Add this container to the pod, then plan again with the updated pod.
-    Inject { container: EphemeralContainer, status: DebugSessionStatus },
+    Inject { container: Box<EphemeralContainer>, status: DebugSessionStatus },
     /// Nothing to write to the pod; publish this status.
     Report(DebugSessionStatus),
 }
@@ -108,7 +104,10 @@ pub fn plan(session: &DebugSession, target: TargetLookup, unavailable: Option<&F
         Err(taken) => {
             let failure = Failure::new(
                 FailureReason::Invalid,
-                format!("container name {taken} is already used by another container of pod {}", status.pod_name.as_deref().unwrap_or_default()),
+                format!(
+                    "container name {taken} is already used by another container of pod {}",
+                    status.pod_name.as_deref().unwrap_or_default()
+                ),
             );
             return Plan::Report(finish(fail(status, failure), &prior, now));
         }
@@ -116,8 +115,9 @@ pub fn plan(session: &DebugSession, target: TargetLookup, unavailable: Option<&F
     status.phase = Some(Phase::Pending);
     status.target_container_name = Some(target_container.clone());
     status.container_name = Some(name.clone());
-    status.message = Some(format!("adding debug container {name} to pod {}", status.pod_name.as_deref().unwrap_or_default()));
-    let container = build_ephemeral_container(session, &name, &target_container);
+    status.message =
+        Some(format!("adding debug container {name} to pod {}", status.pod_name.as_deref().unwrap_or_default()));
+    let container = Box::new(build_ephemeral_container(session, &name, &target_container));
     Plan::Inject { container, status: finish(status, &prior, now) }
 }
 
@@ -134,7 +134,12 @@ pub fn record_injection(status: &mut DebugSessionStatus, name: &str, attempt: i3
 }
 
 /// Status for a failure of the current attempt that happened while writing (403, 422, ...).
-pub fn failed_status(session: &DebugSession, status: DebugSessionStatus, failure: Failure, now: Timestamp) -> DebugSessionStatus {
+pub fn failed_status(
+    session: &DebugSession,
+    status: DebugSessionStatus,
+    failure: Failure,
+    now: Timestamp,
+) -> DebugSessionStatus {
     let prior = session.status.clone().unwrap_or_default();
     finish(fail(status, failure), &prior, now)
 }
@@ -233,10 +238,13 @@ fn describe_container(
         ContainerState::Unknown | ContainerState::Waiting => {
             if pod.metadata.uid.is_some() && !crate::target::is_running(pod) {
                 let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
-                return fail(status, Failure::new(
-                    FailureReason::TargetNotRunning,
-                    format!("pod {pod_name} is {phase}, so debug container {} will never start", record.name),
-                ));
+                return fail(
+                    status,
+                    Failure::new(
+                        FailureReason::TargetNotRunning,
+                        format!("pod {pod_name} is {phase}, so debug container {} will never start", record.name),
+                    ),
+                );
             }
             let timeout = SignedDuration::from_secs(session.spec.start_timeout_seconds.into());
             let injected_at = record.injected_at.as_ref().map_or(now, |t| t.0);
@@ -245,19 +253,24 @@ fn describe_container(
                     Some(reason) => format!("it is still waiting ({reason})"),
                     None => "the kubelet never reported it; is the EphemeralContainers feature gate on for this node's kubelet (needed on 1.16-1.22)?".to_string(),
                 };
-                return fail(status, Failure::new(
-                    FailureReason::StartTimeout,
-                    format!(
-                        "debug container {} did not start within {}s: {waiting}",
-                        record.name, session.spec.start_timeout_seconds
+                return fail(
+                    status,
+                    Failure::new(
+                        FailureReason::StartTimeout,
+                        format!(
+                            "debug container {} did not start within {}s: {waiting}",
+                            record.name, session.spec.start_timeout_seconds
+                        ),
                     ),
-                ));
+                );
             }
             status.phase = Some(Phase::Injected);
             status.waiting_reason = record.reason.clone();
             status.message = Some(match &record.reason {
                 Some(reason) => format!("debug container {} is in pod {pod_name}, waiting: {reason}", record.name),
-                None => format!("debug container {} is in pod {pod_name}; waiting for the kubelet to start it", record.name),
+                None => {
+                    format!("debug container {} is in pod {pod_name}; waiting for the kubelet to start it", record.name)
+                }
             });
             status
         }
@@ -386,7 +399,9 @@ pub fn transitions(old: &DebugSessionStatus, new: &DebugSessionStatus) -> Vec<Tr
                 reason: "Injected".into(),
                 note: format!(
                     "added debug container {} (attempt {}) to pod {}",
-                    record.name, record.attempt, new.pod_name.as_deref().unwrap_or_default()
+                    record.name,
+                    record.attempt,
+                    new.pod_name.as_deref().unwrap_or_default()
                 ),
             });
         }

@@ -121,6 +121,7 @@ const fn failed(reason: FailureReason) -> Want {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn plans_follow_the_pod_and_the_kubelet() {
     use ContainerState as S;
     use FailureReason as R;
@@ -129,11 +130,8 @@ fn plans_follow_the_pod_and_the_kubelet() {
     let unavailable = Failure::new(R::EphemeralContainersUnavailable, "off");
     let mut mirror = pod("Running", &[]);
     mirror.metadata.annotations = Some(BTreeMap::from([(MIRROR_POD_ANNOTATION.into(), "x".into())]));
-    let failed_attempt_0 = DebugSessionStatus {
-        phase: Some(Phase::Failed),
-        reason: Some(R::TargetNotRunning),
-        ..Default::default()
-    };
+    let failed_attempt_0 =
+        DebugSessionStatus { phase: Some(Phase::Failed), reason: Some(R::TargetNotRunning), ..Default::default() };
     let one_terminated = injected(vec![record("debugger-abcde", 0, S::Terminated)], 0, Phase::Terminated);
     let one_running = injected(vec![record("debugger-abcde", 0, S::Running)], 0, Phase::Running);
     let gone_status = DebugSessionStatus { reason: Some(R::TargetGone), ..injected(vec![], 0, Phase::Failed) };
@@ -219,7 +217,11 @@ fn plans_follow_the_pod_and_the_kubelet() {
         }
         assert_eq!(status.attempt, want.attempt, "{what}");
         assert_eq!(status.observed_generation, session.metadata.generation, "{what}");
-        assert_eq!(condition(status, "Attachable"), if want.phase == Phase::Running { "True" } else { "False" }, "{what}");
+        assert_eq!(
+            condition(status, "Attachable"),
+            if want.phase == Phase::Running { "True" } else { "False" },
+            "{what}"
+        );
         assert_eq!(condition(status, "Stalled"), if want.phase == Phase::Failed { "True" } else { "False" }, "{what}");
     }
 }
@@ -263,7 +265,8 @@ fn waiting_reason_is_reported_while_injected() {
 
 #[test]
 fn renewal_keeps_every_earlier_container() {
-    let s = session(1, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Terminated)], 0, Phase::Terminated)));
+    let s =
+        session(1, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Terminated)], 0, Phase::Terminated)));
     let p = pod("Running", &[("debugger-abcde", terminated(0)), ("debugger-abcde-1", running())]);
     let status = plan(&s, TargetLookup::Found(&p), None, at(10)).status().clone();
     let names: Vec<_> = status.containers.iter().map(|c| (c.name.as_str(), c.attempt, c.state)).collect();

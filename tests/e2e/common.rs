@@ -35,8 +35,8 @@ pub fn kubeconfig() -> PathBuf {
 fn ensure_cluster() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
-        let healthy = kubeconfig().exists()
-            && kubectl_output(&["get", "--raw", "/readyz"]).is_ok_and(|o| o.status.success());
+        let healthy =
+            kubeconfig().exists() && kubectl_output(&["get", "--raw", "/readyz"]).is_ok_and(|o| o.status.success());
         if !healthy {
             let status = Command::new("flock")
                 .arg(cluster_dir().with_extension("lock"))
@@ -74,7 +74,8 @@ pub async fn client_for(context: &str) -> Client {
 /// Installs the CRD from crds/ (server-side apply) and waits until it is served.
 async fn install_crd(client: &Client) {
     let yaml = std::fs::read_to_string(repo_root().join("crds/debugsession.yaml")).unwrap();
-    let crd: CustomResourceDefinition = serde_yaml::from_str(yaml.trim_start_matches(|c| c != '-').trim_start_matches("---")).unwrap();
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(yaml.trim_start_matches(|c| c != '-').trim_start_matches("---")).unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(&crd.name_any(), &PatchParams::apply("ephemera-e2e").force(), &Patch::Apply(&crd))
         .await
@@ -95,7 +96,12 @@ impl Operator {
         Self::start_with_kubeconfig(namespace, &kubeconfig(), context, metrics_addr)
     }
 
-    pub fn start_with_kubeconfig(namespace: &str, kubeconfig: &std::path::Path, context: &str, metrics_addr: &str) -> Self {
+    pub fn start_with_kubeconfig(
+        namespace: &str,
+        kubeconfig: &std::path::Path,
+        context: &str,
+        metrics_addr: &str,
+    ) -> Self {
         let log_dir = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
         let log = log_dir.join(format!("{namespace}.log"));
@@ -193,7 +199,10 @@ impl TestEnv {
         self.pods.create(&PostParams::default(), &pod).await.expect("create pod");
         self.wait_pod(name, "Running", |p| {
             p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                && p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| cs.iter().all(|c| c.ready))
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.ready))
         })
         .await
     }
@@ -225,7 +234,13 @@ impl TestEnv {
     }
 
     /// Waits until the session satisfies `ok`, failing with its status and the operator log if it never does.
-    pub async fn wait_session(&self, name: &str, what: &str, timeout: Duration, ok: impl Fn(&DebugSession) -> bool) -> DebugSession {
+    pub async fn wait_session(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&DebugSession) -> bool,
+    ) -> DebugSession {
         let deadline = Instant::now() + timeout;
         loop {
             let session = self.sessions.get_opt(name).await.unwrap();

@@ -7,7 +7,12 @@ use kube::api::{DeleteParams, PostParams};
 
 use crate::common::{TestEnv, kubectl};
 
-async fn expect_failure(env: &TestEnv, session: &str, reason: FailureReason, message_part: &str) -> ephemera::crd::DebugSession {
+async fn expect_failure(
+    env: &TestEnv,
+    session: &str,
+    reason: FailureReason,
+    message_part: &str,
+) -> ephemera::crd::DebugSession {
     let session = env.wait_phase(session, Phase::Failed).await;
     let status = session.status.clone().unwrap();
     assert_eq!(status.reason, Some(reason), "{status:?}");
@@ -55,7 +60,16 @@ async fn target_problems_fail_before_anything_is_written() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let session = env.sessions.get("missing-pod").await.unwrap();
     assert_eq!(session.status.unwrap().phase, Some(Phase::Failed));
-    let (ok, out) = kubectl(&["patch", "dbgs", "missing-pod", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":1}}"#]);
+    let (ok, out) = kubectl(&[
+        "patch",
+        "dbgs",
+        "missing-pod",
+        "-n",
+        &env.namespace,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"attempt":1}}"#,
+    ]);
     assert!(ok, "{out}");
     let session = env.wait_phase("missing-pod", Phase::Running).await;
     assert_eq!(session.status.unwrap().container_name.map(|n| n.ends_with("-1")), Some(true));
@@ -102,7 +116,8 @@ async fn rbac_refusal_is_forbidden() {
     env.running_pod("web", &["app"], &[]).await;
     env.start_operator("alice");
     env.create_session(&session_yaml("denied", "{ pod: web }", "")).await;
-    expect_failure(&env, "denied", FailureReason::Forbidden, "cannot patch resource \"pods/ephemeralcontainers\"").await;
+    expect_failure(&env, "denied", FailureReason::Forbidden, "cannot patch resource \"pods/ephemeralcontainers\"")
+        .await;
     assert!(env.ephemeral_names("web").await.is_empty());
 }
 
@@ -129,7 +144,13 @@ async fn container_that_never_starts_times_out() {
         })
         .await;
     assert_eq!(injected.status.unwrap().phase, Some(Phase::Injected));
-    let failed = expect_failure(&env, "slow", FailureReason::StartTimeout, "did not start within 6s: it is still waiting (ErrImageNeverPull)").await;
+    let failed = expect_failure(
+        &env,
+        "slow",
+        FailureReason::StartTimeout,
+        "did not start within 6s: it is still waiting (ErrImageNeverPull)",
+    )
+    .await;
     assert_eq!(failed.status.unwrap().containers.len(), 1);
 }
 
@@ -145,7 +166,8 @@ async fn deleted_or_replaced_pod_is_target_gone() {
     // A pod of the same name is another pod: the pinned UID tells them apart.
     env.wait_pod_gone("web").await;
     env.running_pod("web", &["app"], &[]).await;
-    let (ok, out) = kubectl(&["patch", "dbgs", "orphan", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":1}}"#]);
+    let (ok, out) =
+        kubectl(&["patch", "dbgs", "orphan", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":1}}"#]);
     assert!(ok, "{out}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let session = env.sessions.get("orphan").await.unwrap();

@@ -66,7 +66,10 @@ async fn cluster_without_ephemeral_containers_fails_with_advice() {
     env.running_pod("web", &["app"], &[]).await;
     let kubeconfig = start_proxy(&env.namespace).await;
     env.operator = Some(Operator::start_with_kubeconfig(&env.namespace, &kubeconfig, "gate-off", "127.0.0.1:0"));
-    env.create_session("metadata: { name: hopeless }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n").await;
+    env.create_session(
+        "metadata: { name: hopeless }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n",
+    )
+    .await;
     let session = env.wait_phase("hopeless", Phase::Failed).await;
     let status = session.status.unwrap();
     assert_eq!(status.reason, Some(FailureReason::EphemeralContainersUnavailable));

@@ -40,11 +40,8 @@ async fn interactive_session_is_attached_exited_and_then_not_attachable() {
 
     // Run exactly the attach command the status offers, with the cluster's kubectl.
     let kubectl_bin = cluster_dir().join("bin/kubectl");
-    let command = attach.replacen(
-        "kubectl",
-        &format!("{} --kubeconfig {}", kubectl_bin.display(), kubeconfig().display()),
-        1,
-    );
+    let command =
+        attach.replacen("kubectl", &format!("{} --kubeconfig {}", kubectl_bin.display(), kubeconfig().display()), 1);
     let tmux_session = format!("ephemera-{}", env.namespace);
     let _ = Command::new("tmux").args(["kill-session", "-t", &tmux_session]).status();
     let shell = format!("{command}; echo attach-exited-$?; sleep 60");

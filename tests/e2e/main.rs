@@ -21,7 +21,8 @@ fn condition(session: &ephemera::crd::DebugSession, type_: &str) -> String {
 async fn session_goes_through_every_phase_to_terminated() {
     let env = TestEnv::new("lifecycle").await;
     env.running_pod("web", &["app", "sidecar"], &[]).await;
-    let recorder = tokio::spawn(common::record_phases(env.sessions.clone(), "dbg", Phase::Terminated, Duration::from_secs(90)));
+    let recorder =
+        tokio::spawn(common::record_phases(env.sessions.clone(), "dbg", Phase::Terminated, Duration::from_secs(90)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.create_session(
         r#"
@@ -94,7 +95,16 @@ spec:
     env.wait_phase("renew", Phase::Terminated).await;
 
     // Only spec.attempt may change, and only upwards (CEL in the CRD).
-    let (ok, out) = kubectl(&["patch", "dbgs", "renew", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"image":"other"}}"#]);
+    let (ok, out) = kubectl(&[
+        "patch",
+        "dbgs",
+        "renew",
+        "-n",
+        &env.namespace,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":"other"}}"#,
+    ]);
     assert!(!ok && out.contains("spec is immutable except for spec.attempt"), "{out}");
 
     let raise = |attempt: i32| serde_json::json!({ "spec": { "attempt": attempt } });
@@ -110,7 +120,8 @@ spec:
     assert_eq!(recorded, vec![("dbg", 0, ContainerState::Terminated), ("dbg-1", 1, ContainerState::Terminated)]);
     assert_eq!(env.ephemeral_names("web").await, vec!["dbg", "dbg-1"]);
 
-    let (ok, out) = kubectl(&["patch", "dbgs", "renew", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":0}}"#]);
+    let (ok, out) =
+        kubectl(&["patch", "dbgs", "renew", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":0}}"#]);
     assert!(!ok && out.contains("spec.attempt may only be raised"), "{out}");
 }
 
@@ -125,7 +136,19 @@ async fn concurrent_sessions_and_kubectl_debug_on_one_pod_all_land() {
     };
     let namespace = env.namespace.clone();
     let human = tokio::task::spawn_blocking(move || {
-        kubectl(&["debug", "-n", &namespace, "web", "--image=localhost/busybox:1.36", "--image-pull-policy=Never", "-c", "human", "--", "sleep", "600"])
+        kubectl(&[
+            "debug",
+            "-n",
+            &namespace,
+            "web",
+            "--image=localhost/busybox:1.36",
+            "--image-pull-policy=Never",
+            "-c",
+            "human",
+            "--",
+            "sleep",
+            "600",
+        ])
     });
     let yamls = [session("one"), session("two"), session("three")];
     tokio::join!(env.create_session(&yamls[0]), env.create_session(&yamls[1]), env.create_session(&yamls[2]));
@@ -136,7 +159,13 @@ async fn concurrent_sessions_and_kubectl_debug_on_one_pod_all_land() {
         let session = env.wait_phase(s, Phase::Running).await;
         assert_eq!(condition(&session, "Attachable"), "True");
         let status = session.status.unwrap();
-        assert_eq!(status.attach_command.as_deref(), Some(format!("kubectl attach -it -n {} web -c {}", env.namespace, status.container_name.as_deref().unwrap()).as_str()));
+        assert_eq!(
+            status.attach_command.as_deref(),
+            Some(
+                format!("kubectl attach -it -n {} web -c {}", env.namespace, status.container_name.as_deref().unwrap())
+                    .as_str()
+            )
+        );
         names.push(status.container_name.unwrap());
     }
     let mut in_pod = env.ephemeral_names("web").await;
@@ -248,9 +277,14 @@ spec:
     let pod = env.pods.get("web").await.unwrap();
     let name = ephemera::debug_container::default_name_candidates(session.metadata.uid.as_deref().unwrap())[0].clone();
     let container = ephemera::debug_container::build_ephemeral_container(&session, &name, "app");
-    ephemera::ephemeral_api::add_ephemeral_container(&env.client, ephemera::ephemeral_api::ApiShape::PodSubresource, &pod, &container)
-        .await
-        .unwrap();
+    ephemera::ephemeral_api::add_ephemeral_container(
+        &env.client,
+        ephemera::ephemeral_api::ApiShape::PodSubresource,
+        &pod,
+        &container,
+    )
+    .await
+    .unwrap();
     env.start_operator("admin");
     let session = env.wait_phase("crashed", Phase::Running).await;
     assert_eq!(session.status.unwrap().container_name.as_deref(), Some(name.as_str()));
@@ -264,10 +298,14 @@ async fn metrics_are_served() {
     let port = 18000 + (std::process::id() % 1000) as u16;
     env.operator = Some(common::Operator::start(&env.namespace, "admin", &format!("127.0.0.1:{port}")));
     env.running_pod("web", &["app"], &[]).await;
-    env.create_session("metadata: { name: m }\nspec:\n  target: { pod: nope }\n  image: localhost/busybox:1.36\n").await;
+    env.create_session("metadata: { name: m }\nspec:\n  target: { pod: nope }\n  image: localhost/busybox:1.36\n")
+        .await;
     env.wait_phase("m", Phase::Failed).await;
     let body = tokio::task::spawn_blocking(move || {
-        let output = std::process::Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/metrics")]).output().unwrap();
+        let output = std::process::Command::new("curl")
+            .args(["-fsS", &format!("http://127.0.0.1:{port}/metrics")])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&output.stdout).to_string()
     })
     .await
