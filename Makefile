@@ -43,7 +43,7 @@ unit-test:
 	$(MAKE) check-generated
 
 # Everything CI runs: unit tests, then the cluster harness and the controller against a real cluster.
-test: unit-test cluster-up cluster-test e2e-test
+test: lint unit-test cluster-test e2e-test
 
 e2e-test: cluster-up
 	$(CARGO) build --locked

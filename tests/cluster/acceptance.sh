@@ -39,8 +39,7 @@ finish() {
   rm -rf "$WORK"
   printf '\nacceptance total time: %s\n' "$(secs "$T_ALL")"
   echo "$PASS passed, $FAIL failed"
-  ((FAIL == 0))
-  exit
+  exit $((FAIL > 0 ? 1 : 0))
 }
 trap finish EXIT
 trap 'fail "interrupted"; exit 1' INT TERM
@@ -246,6 +245,7 @@ else
 fi
 check "ephemeral containers of $POD are dbg and dbg2" \
   bash -c "[[ \$($K get pod $POD -o jsonpath='{.spec.ephemeralContainers[*].name}') == 'dbg dbg2' ]]"
+tm kill-server >/dev/null 2>&1 # its command lines name the cluster dir
 
 section "custom image through mkimage.py and import-image.sh"
 python3 "$CLUSTER_SRC/hack/mkimage.py" --tag localhost/acc-hello:1 --out "$WORK/hello.tar" \

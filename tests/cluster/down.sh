@@ -110,24 +110,46 @@ remove_bridge() {
   log "removed bridge $BRIDGE"
 }
 
-chains_now() { iptables-save 2>/dev/null | awk '/^\*/{t=substr($0,2)} /^:/{print t, substr($1,2)}' | sort -u; }
-
 # remove iptables chains named CNI-*/KUBE-* that appeared while the cluster ran
 remove_iptables_chains() {
   local before=$STATE/iptables-chains.before
   [[ -f $before ]] && command -v iptables-save >/dev/null || return 0
   local new t c rule
-  new=$(comm -13 "$before" <(chains_now) | awk '$2 ~ /^(CNI-|KUBE-)/')
+  new=$(LC_ALL=C comm -13 "$before" <(iptables_chains) | awk '$2 ~ /^(CNI-|KUBE-)/')
   [[ -n $new ]] || return 0
   log "removing iptables chains created by the cluster: $(echo "$new" | awk '{print $1"/"$2}' | tr '\n' ' ')"
   while read -r t c; do
     # drop jumps into the chain, then flush it
     iptables -t "$t" -S 2>/dev/null | grep -E -- "-j $c( |$)" | while IFS= read -r rule; do
       eval "iptables -t $t ${rule/#-A/-D}" 2>/dev/null || true
-    done
+    done || true
     iptables -t "$t" -F "$c" 2>/dev/null || true
   done <<<"$new"
   while read -r t c; do iptables -t "$t" -X "$c" 2>/dev/null || true; done <<<"$new"
+}
+
+# libcni's result cache of our sandboxes, left behind when CNI DEL could not
+# run (containerd was dead): files named after our network or our sandbox IDs
+remove_cni_cache() {
+  local dir=/var/lib/cni/results sb
+  [[ -d $dir ]] || return 0
+  rm -f "$dir/$CNI_NETWORK-"*
+  for sb in "$CONTAINERD_DIR/root/io.containerd.grpc.v1.cri/sandboxes/"*; do
+    [[ -d $sb ]] && rm -f "$dir/"*"-${sb##*/}-"*
+  done
+  return 0
+}
+
+# host directories that did not exist before up.sh: remove the sockets and
+# empty directories left in them (anything else means someone else uses them)
+remove_host_dirs() {
+  local d
+  [[ -f $STATE/host-dirs.created ]] || return 0
+  while IFS= read -r d; do
+    [[ -n $d && -d $d ]] || continue
+    find "$d" -depth \( -type s -o -type d -empty \) -delete 2>/dev/null || true
+    [[ ! -e $d ]] || log "note: $d is not empty, left in place"
+  done <"$STATE/host-dirs.created"
 }
 
 # --------------------------------------------------------------------- main ---
@@ -139,7 +161,15 @@ fi
 [[ -f $STATE/.ephemera-cluster ]] ||
   die "$STATE exists but is not an ephemera cluster directory (no .ephemera-cluster marker); refusing to touch it"
 
-# 1. the kubelet first, so it does not restart pods we remove
+# 1. processes that tests or demos recorded next to ours ($PIDS/NAME.pid, e.g.
+#    the operator), then the kubelet, so it does not restart pods we remove
+extra=()
+for f in "$PIDS"/*.pid; do
+  [[ -e $f ]] || continue
+  name=${f##*/}; name=${name%.pid}
+  [[ " ${ALL_COMPONENTS[*]} " == *" $name "* ]] || extra+=("$name")
+done
+((${#extra[@]} == 0)) || stop_pids "${extra[@]}"
 stop_pids kubelet
 
 # 2. pods through CRI (runs CNI DEL, removes netns, shm and rootfs mounts),
@@ -180,6 +210,8 @@ remove_cgroups
 unmount_all
 remove_bridge
 remove_iptables_chains
+remove_cni_cache
+remove_host_dirs
 if [[ -f $STATE/ip_forward.orig ]]; then
   sysctl -qw "net.ipv4.ip_forward=$(<"$STATE/ip_forward.orig")" || true
 fi

@@ -41,6 +41,13 @@ CONTAINERD_DIR=$STATE/containerd
 CONTAINERD_SOCK=$CONTAINERD_DIR/containerd.sock
 KUBELET_ROOT=$STATE/kubelet
 
+# Host directories that the kubelet, containerd's shims or CNI create outside
+# the state dir no matter how they are configured (the kubelet's device-plugin
+# socket dir is hard-coded, shim sockets live in /run/containerd/s, libcni
+# caches results in /var/lib/cni). down.sh removes them, sockets and empty
+# directories only, if they did not exist before up.sh.
+HOST_DIRS=(/var/lib/kubelet /var/lib/cni /run/containerd)
+
 # Processes in start order; down.sh stops them in reverse order.
 CP_COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 NODE_COMPONENTS=(containerd kube-scheduler kubelet)
@@ -51,15 +58,16 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 log() { printf '[ephemera-cluster] %s\n' "$*" >&2; }
 die() { printf '[ephemera-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# pid_of NAME: prints the recorded PID of a component if that process is alive
-# and is really ours (its command line names the state dir), else fails.
+# pid_of NAME: prints the PID recorded in $PIDS/NAME.pid if that process is
+# alive and really ours (its command line or environment names the state dir,
+# which guards against PID reuse), else fails.
 pid_of() {
   local f=$PIDS/$1.pid pid
   [[ -s $f ]] || return 1
   pid=$(<"$f")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE" || return 1
+  cat "/proc/$pid/cmdline" "/proc/$pid/environ" 2>/dev/null | tr '\0' '\n' | grep -qF -- "$STATE" || return 1
   echo "$pid"
 }
 
@@ -75,4 +83,9 @@ show_log() {
   else
     printf -- '(no log file %s)\n' "$f" >&2
   fi
+}
+
+# iptables_chains: "TABLE CHAIN" for every chain that exists, sorted
+iptables_chains() {
+  { iptables-save 2>/dev/null || true; } | awk '/^\*/{t=substr($0,2)} /^:/{print t, substr($1,2)}' | LC_ALL=C sort -u
 }

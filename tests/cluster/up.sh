@@ -35,9 +35,9 @@ elapsed() { local us=$((${EPOCHREALTIME/./} - T_START)); printf '%d.%ds' $((us /
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
 install_packages() {
-  local pkgs=(openssl curl procps util-linux)
+  local pkgs=(openssl curl procps util-linux iproute2)
   if [[ $MODE != control-plane ]]; then
-    pkgs+=(containerd runc containernetworking-plugins busybox-static iptables iproute2 python3)
+    pkgs+=(containerd runc containernetworking-plugins busybox-static iptables python3)
   fi
   local missing=() p
   for p in "${pkgs[@]}"; do pkg_installed "$p" || missing+=("$p"); done
@@ -113,7 +113,7 @@ start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID
 fail_with_log() { # COMPONENT MESSAGE
   log "$2"
   show_log "$1" 30
-  die "cluster start failed ($2); state left in $STATE for inspection, clean up with $(dirname "$0")/down.sh"
+  die "cluster start failed ($2); processes and state are left in $STATE for inspection; clean up with $CLUSTER_SRC/down.sh"
 }
 
 # wait_until DESCRIPTION TIMEOUT_S LOG_COMPONENT CHECK_CMD...
@@ -121,7 +121,10 @@ wait_until() {
   local desc=$1 timeout=$2 comp=$3; shift 3
   local deadline=$((SECONDS + timeout)) c
   while :; do
-    if "$@" >/dev/null 2>&1; then return 0; fi
+    if "$@" >/dev/null 2>&1; then
+      log "$desc: ok ($(elapsed))"
+      return 0
+    fi
     for c in "${STARTED[@]}"; do
       pid_of "$c" >/dev/null || fail_with_log "$c" "$c exited while waiting for $desc"
     done
@@ -138,16 +141,38 @@ apiserver_ready() { [[ $(api_get /readyz) == ok ]]; }
 node_ready() {
   [[ $(kubectl_admin get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]
 }
-default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
+# pods can be created (ServiceAccount admission) and can start (their projected
+# token volume needs the kube-root-ca.crt ConfigMap)
+default_ns_ready() { kubectl_admin -n default get serviceaccount/default configmap/kube-root-ca.crt; }
 etcd_healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
 
 cluster_healthy() { # MODE: the recorded cluster is complete and serving
   [[ -f $STATE/mode && $(<"$STATE/mode") == "$1" ]] || return 1
+  # a cluster running an older build of the binary is restarted
+  [[ $(readlink "$BIN/kcluster" 2>/dev/null) == "$KCLUSTER" ]] || return 1
   local c comps=("${CP_COMPONENTS[@]}")
   [[ $1 == full ]] && comps+=("${NODE_COMPONENTS[@]}")
   for c in "${comps[@]}"; do pid_of "$c" >/dev/null || return 1; done
   apiserver_ready || return 1
   if [[ $1 == full ]]; then node_ready || return 1; fi
+}
+
+check_ports_free() {
+  local p name busy=""
+  local -A ports=([$ETCD_CLIENT_PORT]=etcd [$ETCD_PEER_PORT]=etcd-peer [$APISERVER_PORT]=kube-apiserver
+    [$KCM_PORT]=kube-controller-manager)
+  if [[ $MODE == full ]]; then
+    ports[$SCHEDULER_PORT]=kube-scheduler
+    ports[$KUBELET_PORT]=kubelet
+    ports[$KUBELET_HEALTHZ_PORT]=kubelet-healthz
+  fi
+  for p in "${!ports[@]}"; do
+    name=${ports[$p]}
+    if [[ -n $(ss -Hltn "sport = :$p" 2>/dev/null) ]]; then
+      busy+=$'\n'"  port $p (for $name): $(ss -Hltnp "sport = :$p" | awk '{print $4, $6}' | head -n1)"
+    fi
+  done
+  [[ -z $busy ]] || die "ports needed by the cluster are in use:$busy"$'\n'"  (stop that, or move the cluster with EPHEMERA_*_PORT, see README.md)"
 }
 
 # ------------------------------------------------------------------- PKI ---
@@ -299,6 +324,7 @@ start_control_plane() {
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false \
+    --kube-api-qps 100 --kube-api-burst 200 \
     --profiling=false --v=1
 }
 
@@ -394,6 +420,7 @@ EOF
 EOF
 
   printf 'nameserver 127.0.0.1\noptions ndots:1\n' >"$STATE/resolv.conf"
+  mkdir -p "$STATE/manifests"
 
   cat >"$STATE/kubelet-config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -438,9 +465,11 @@ evictionHard:
   imagefs.available: "1%"
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# static pods (their API mirrors are what tests of static-pod handling need)
+staticPodPath: $STATE/manifests
 # faster feedback for tests
 syncFrequency: 10s
-fileCheckFrequency: 10s
+fileCheckFrequency: 2s
 nodeStatusUpdateFrequency: 5s
 shutdownGracePeriod: 0s
 # without CAP_SYS_RESOURCE (see the containerd config) the default -999 fails
@@ -482,7 +511,9 @@ start_node() {
   sysctl -n net.ipv4.ip_forward >"$STATE/ip_forward.orig"
   sysctl -qw net.ipv4.ip_forward=1
   # remember which CNI-* iptables chains existed before, so down.sh removes only ours
-  { iptables-save 2>/dev/null || true; } | awk '/^:/{print $1}' | sort -u >"$STATE/iptables-chains.before"
+  iptables_chains >"$STATE/iptables-chains.before"
+  local d
+  for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] || echo "$d"; done >"$STATE/host-dirs.created"
   setup_cgroups
   pick_snapshotter
   write_node_configs
@@ -523,6 +554,7 @@ if [[ -e $STATE ]]; then
   "$CLUSTER_SRC/down.sh"
 fi
 
+check_ports_free
 mkdir -p "$STATE"
 touch "$STATE/.ephemera-cluster" # marker: down.sh only deletes directories carrying it
 mkdir -p "$LOGS" "$PIDS" "$BIN"
@@ -540,7 +572,7 @@ if [[ $MODE == full ]]; then
   start_node
   wait_until "node $NODE_NAME to be Ready" 180 kubelet node_ready
 fi
-wait_until "ServiceAccount default/default" 90 kube-controller-manager default_sa_exists
+wait_until "ServiceAccount default and ConfigMap kube-root-ca.crt in namespace default" 90 kube-controller-manager default_ns_ready
 
 log "cluster ($MODE) is up in $(elapsed); logs in $LOGS; stop it with $CLUSTER_SRC/down.sh"
 echo "export KUBECONFIG=$KUBECONFIG_PATH"

@@ -174,3 +174,32 @@ async fn deleted_or_replaced_pod_is_target_gone() {
     assert_eq!(session.status.unwrap().reason, Some(FailureReason::TargetGone), "TargetGone is permanent");
     assert!(env.ephemeral_names("web").await.is_empty());
 }
+
+/// Removes a static pod manifest from the kubelet's directory, even when the test fails.
+struct StaticPodManifest(std::path::PathBuf);
+
+impl Drop for StaticPodManifest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn static_pod_is_refused_before_writing() {
+    let env = TestEnv::new("static").await;
+    let manifest = StaticPodManifest(crate::common::cluster_dir().join(format!("manifests/{}.yaml", env.namespace)));
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: node-agent\n  namespace: {}\nspec:\n  containers:\n  - name: agent\n    image: localhost/busybox:1.36\n    imagePullPolicy: Never\n    command: [\"sleep\", \"3600\"]\n",
+        env.namespace
+    );
+    std::fs::write(&manifest.0, pod).unwrap();
+    // The kubelet publishes the static pod as the mirror pod <name>-<node>.
+    env.wait_pod("node-agent-127.0.0.1", "Running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    env.create_session(&session_yaml("mirror", "{ pod: node-agent-127.0.0.1 }", "")).await;
+    expect_failure(&env, "mirror", FailureReason::StaticPodUnsupported, "mirror of a static pod").await;
+    assert!(env.ephemeral_names("node-agent-127.0.0.1").await.is_empty());
+    drop(manifest);
+}
