@@ -2,7 +2,8 @@
 //! adding one container to a pod in that shape.
 //!
 //! - 1.22 and later: the `pods/ephemeralcontainers` subresource takes a Pod;
-//!   we send a strategic merge patch that adds one entry.
+//!   we send a JSON patch that appends one entry (a strategic merge patch
+//!   would put the new entry first).
 //! - 1.16 to 1.21 (alpha, behind the `EphemeralContainers` feature gate): it
 //!   takes the `EphemeralContainers` kind, read with GET and written with PUT,
 //!   and the PUT must list every earlier container unchanged.
@@ -137,11 +138,20 @@ pub async fn add_ephemeral_container(
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     match shape {
         ApiShape::PodSubresource => {
-            let patch = serde_json::json!({
-                "metadata": { "resourceVersion": pod.metadata.resource_version },
-                "spec": { "ephemeralContainers": [container] },
-            });
-            pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Strategic(&patch)).await
+            let has_any =
+                pod.spec.as_ref().and_then(|s| s.ephemeral_containers.as_ref()).is_some_and(|c| !c.is_empty());
+            let append = if has_any {
+                serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers/-", "value": container })
+            } else {
+                serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers", "value": [container] })
+            };
+            // Writing the resourceVersion we read makes the server refuse a stale patch with 409.
+            let patch = serde_json::json!([
+                { "op": "replace", "path": "/metadata/resourceVersion", "value": pod.metadata.resource_version },
+                append,
+            ]);
+            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+            pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Json::<()>(patch)).await
         }
         ApiShape::LegacyEphemeralContainers => {
             let path = subresource_path(namespace, name);
@@ -318,14 +328,14 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn pod_shape_sends_one_container_with_the_read_version() {
+        async fn pod_shape_appends_one_container_at_the_read_version() {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let client = Client::new(service, "default");
             let server = tokio::spawn(async move {
                 let (request, send) = handle.next_request().await.unwrap();
                 assert_eq!(request.method(), Method::PATCH);
                 assert_eq!(request.uri().path(), PATH);
-                assert_eq!(request.headers()["content-type"], "application/strategic-merge-patch+json");
+                assert_eq!(request.headers()["content-type"], "application/json-patch+json");
                 let body = request.into_body().collect_bytes().await.unwrap();
                 send.send_response(
                     Response::builder().body(Body::from(serde_json::to_vec(&web_pod()).unwrap())).unwrap(),
@@ -334,11 +344,19 @@ mod tests {
             });
             let mut pod = web_pod();
             pod.metadata.resource_version = Some("77".into());
+            pod.spec = Some(Default::default());
+            pod.spec.as_mut().unwrap().ephemeral_containers =
+                Some(vec![EphemeralContainer { name: "old".into(), ..Default::default() }]);
             add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
             let patch = server.await.unwrap();
-            assert_eq!(patch["metadata"]["resourceVersion"], "77");
-            assert_eq!(patch["spec"]["ephemeralContainers"].as_array().unwrap().len(), 1);
-            assert_eq!(patch["spec"]["ephemeralContainers"][0]["name"], "debugger-abcde");
+            assert_eq!(
+                patch[0],
+                serde_json::json!({ "op": "replace", "path": "/metadata/resourceVersion", "value": "77" })
+            );
+            assert_eq!(patch[1]["op"], "add");
+            assert_eq!(patch[1]["path"], "/spec/ephemeralContainers/-", "appended after the existing one");
+            assert_eq!(patch[1]["value"]["name"], "debugger-abcde");
+            assert_eq!(patch.as_array().unwrap().len(), 2);
         }
     }
 

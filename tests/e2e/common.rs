@@ -158,10 +158,12 @@ impl TestEnv {
         CRD.get_or_init(|| install_crd(&client)).await;
         let namespace = format!("e2e-{name}");
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        if namespaces.get_opt(&namespace).await.unwrap().is_some() {
-            let _ = namespaces.delete(&namespace, &DeleteParams::foreground()).await;
-            let gone = await_condition(namespaces.clone(), &namespace, conditions::is_deleted(""));
-            tokio::time::timeout(Duration::from_secs(120), gone).await.expect("old namespace deleted").unwrap();
+        // A namespace left by an earlier run goes first (it may still be terminating).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while namespaces.get_opt(&namespace).await.unwrap().is_some() {
+            let _ = namespaces.delete(&namespace, &DeleteParams::background()).await;
+            assert!(Instant::now() < deadline, "namespace {namespace} from an earlier run is not going away");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let mut ns = Namespace::default();
         ns.metadata.name = Some(namespace.clone());

@@ -131,27 +131,33 @@ async fn invalid_container_is_reported_with_the_servers_message() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn container_that_never_starts_times_out() {
+async fn container_that_never_starts_shows_why_and_times_out() {
     let env = TestEnv::new("start-timeout").await;
     env.running_pod("web", &["app"], &[]).await;
-    env.create_session(
-        "metadata: { name: slow }\nspec:\n  target: { pod: web }\n  image: localhost/not-imported:1\n  imagePullPolicy: Never\n  startTimeoutSeconds: 6\n",
-    )
-    .await;
-    let injected = env
-        .wait_session("slow", "Injected, waiting on ErrImageNeverPull", Duration::from_secs(60), |s| {
+    let missing_image = |name: &str, timeout: u32| {
+        format!(
+            "metadata: {{ name: {name} }}\nspec:\n  target: {{ pod: web }}\n  image: localhost/not-imported:1\n  imagePullPolicy: Never\n  startTimeoutSeconds: {timeout}\n"
+        )
+    };
+    env.create_session(&missing_image("quick", 6)).await;
+    env.create_session(&missing_image("patient", 600)).await;
+
+    let failed =
+        expect_failure(&env, "quick", FailureReason::StartTimeout, "did not start within 6s: it is still waiting")
+            .await;
+    assert_eq!(failed.status.unwrap().containers.len(), 1);
+
+    // The kubelet's reason shows up while the session waits (it takes the kubelet a while to give up on the image).
+    let waiting = env
+        .wait_session("patient", "Injected, waiting on ErrImageNeverPull", Duration::from_secs(120), |s| {
             s.status.as_ref().is_some_and(|st| st.waiting_reason.as_deref() == Some("ErrImageNeverPull"))
         })
         .await;
-    assert_eq!(injected.status.unwrap().phase, Some(Phase::Injected));
-    let failed = expect_failure(
-        &env,
-        "slow",
-        FailureReason::StartTimeout,
-        "did not start within 6s: it is still waiting (ErrImageNeverPull)",
-    )
-    .await;
-    assert_eq!(failed.status.unwrap().containers.len(), 1);
+    let status = waiting.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Injected));
+    assert!(status.message.unwrap().contains("waiting: ErrImageNeverPull"));
+    let injected = status.conditions.iter().find(|c| c.type_ == "Injected").unwrap();
+    assert_eq!(injected.status, "True");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,32 +17,41 @@ use ephemera::crd::{FailureReason, Phase};
 use crate::common::{Operator, TestEnv, kubectl};
 
 async fn forward(State(client): State<kube::Client>, request: Request) -> Response {
+    match try_forward(client, request).await {
+        Ok(response) => response,
+        Err(error) => (http::StatusCode::BAD_GATEWAY, format!("gate-off proxy: {error}")).into_response(),
+    }
+}
+
+async fn try_forward(client: kube::Client, request: Request) -> Result<Response, Box<dyn std::error::Error>> {
     let path = request.uri().path().to_string();
     if path.ends_with("/ephemeralcontainers") {
         let status = serde_json::json!({
             "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
             "message": "the server could not find the requested resource",
         });
-        return (http::StatusCode::NOT_FOUND, status.to_string()).into_response();
+        return Ok((http::StatusCode::NOT_FOUND, status.to_string()).into_response());
     }
     let (mut parts, body) = request.into_parts();
     parts.headers.remove(http::header::HOST);
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    parts.version = http::Version::default();
+    let body = axum::body::to_bytes(body, usize::MAX).await?;
     let upstream = http::Request::from_parts(parts, kube::client::Body::from(body.to_vec()));
-    let response = match client.send(upstream).await {
-        Ok(response) => response,
-        Err(error) => return (http::StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
-    };
-    let (parts, body) = response.into_parts();
-    if path == "/api/v1" {
-        let bytes = body.collect_bytes().await.unwrap();
-        let mut list: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        list["resources"].as_array_mut().unwrap().retain(|r| r["name"] != "pods/ephemeralcontainers");
-        let mut parts = parts;
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::from(list.to_string()));
+    let (mut parts, body) = client.send(upstream).await?.into_parts();
+    // The upstream connection may be HTTP/2; we answer in HTTP/1.1.
+    parts.version = http::Version::HTTP_11;
+    for header in [http::header::CONNECTION, http::header::TRANSFER_ENCODING] {
+        parts.headers.remove(header);
     }
-    Response::from_parts(parts, Body::new(body))
+    if path == "/api/v1" {
+        let mut list: serde_json::Value = serde_json::from_slice(&body.collect_bytes().await?)?;
+        if let Some(resources) = list["resources"].as_array_mut() {
+            resources.retain(|r| r["name"] != "pods/ephemeralcontainers");
+        }
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(parts, Body::from(list.to_string())));
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 /// Serves the gate-off view of the cluster on a loopback port; returns its kubeconfig.
