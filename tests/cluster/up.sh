@@ -231,9 +231,9 @@ gen_pki() {
   done
 }
 
-# cert_kubeconfig FILE USER CERTNAME
-cert_kubeconfig() {
-  cat >"$1" <<EOF
+# kubeconfig_header: the part every kubeconfig of ours shares, up to its users.
+kubeconfig_header() {
+  cat <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -242,6 +242,14 @@ clusters:
     server: https://127.0.0.1:$APISERVER_PORT
     certificate-authority: $PKI/ca.crt
 users:
+EOF
+}
+
+# cert_kubeconfig FILE USER CERTNAME
+cert_kubeconfig() {
+  {
+    kubeconfig_header
+    cat <<EOF
 - name: $2
   user:
     client-certificate: $PKI/$3.crt
@@ -251,6 +259,7 @@ contexts:
   context: {cluster: ephemera, user: $2}
 current-context: $2
 EOF
+  } >"$1"
 }
 
 write_kubeconfigs() {
@@ -259,16 +268,7 @@ write_kubeconfigs() {
   cert_kubeconfig "$STATE/kubelet.kubeconfig" "system:node:$NODE_NAME" kubelet-client
   local u
   {
-    cat <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: ephemera
-  cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
-    certificate-authority: $PKI/ca.crt
-users:
-EOF
+    kubeconfig_header
     for u in admin alice bob; do
       printf -- '- name: %s\n  user:\n    token: %s\n' "$u" "$(<"$STATE/tokens/$u")"
     done
