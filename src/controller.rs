@@ -18,6 +18,7 @@ use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
+use crate::debug_container::has_container_from_session;
 use crate::ephemeral_api::{Availability, AvailabilityCache, add_ephemeral_container};
 use crate::metrics::Metrics;
 use crate::status::{self, Plan, TargetLookup};
@@ -38,6 +39,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("DebugSession has no {0}")]
     MissingField(&'static str),
+    #[error("DebugSession changed while it was being reconciled")]
+    StaleSession,
 }
 
 impl Error {
@@ -47,6 +50,7 @@ impl Error {
             Error::Kube(kube::Error::Api(status)) => format!("api_{}", status.code),
             Error::Kube(_) => "kube".into(),
             Error::MissingField(_) => "missing_field".into(),
+            Error::StaleSession => "stale_session".into(),
         }
     }
 }
@@ -141,18 +145,26 @@ impl Resolved {
 
 async fn resolve_target(pods: &Api<Pod>, session: &DebugSession) -> Result<Resolved, Error> {
     let status = session.status.clone().unwrap_or_default();
-    // Once a container is in a pod, the session belongs to that very pod.
-    if let (Some(name), Some(uid), false) = (&status.pod_name, &status.pod_uid, status.containers.is_empty()) {
-        return Ok(match pods.get_opt(name).await? {
-            Some(pod) if pod.metadata.uid.as_ref() == Some(uid) => Resolved::Pod(Box::new(pod)),
-            Some(_) => Resolved::Failed(Failure::new(
-                FailureReason::TargetGone,
-                format!(
-                    "pod {name} was replaced by a new pod of the same name; its debug containers went with the old one"
-                ),
-            )),
-            None => Resolved::Failed(Failure::new(FailureReason::TargetGone, format!("pod {name} was deleted"))),
-        });
+    if let (Some(name), Some(uid)) = (&status.pod_name, &status.pod_uid) {
+        let pinned = pods.get_opt(name).await?;
+        let same_pod = pinned.as_ref().is_some_and(|p| p.metadata.uid.as_ref() == Some(uid));
+        let session_uid = session.metadata.uid.as_deref().unwrap_or_default();
+        // Once a container is in a pod, the session belongs to that very pod. A
+        // container without a record (a crash after the patch) counts too.
+        let injected = !status.containers.is_empty()
+            || (same_pod && pinned.as_ref().is_some_and(|p| has_container_from_session(p, session_uid)));
+        if injected {
+            return Ok(match pinned {
+                Some(pod) if same_pod => Resolved::Pod(Box::new(pod)),
+                Some(_) => Resolved::Failed(Failure::new(
+                    FailureReason::TargetGone,
+                    format!(
+                        "pod {name} was replaced by a new pod of the same name; its debug containers went with the old one"
+                    ),
+                )),
+                None => Resolved::Failed(Failure::new(FailureReason::TargetGone, format!("pod {name} was deleted"))),
+            });
+        }
     }
     let target = &session.spec.target;
     if let Some(name) = &target.pod {
@@ -224,33 +236,39 @@ async fn reconcile(session: Arc<DebugSession>, ctx: Arc<Context>) -> Result<Acti
     }
 
     let (published, new_status) = decide(&session, &sessions, &pods, &ctx, now).await?;
-    publish_status(&ctx, &sessions, &session, &published, &new_status).await?;
+    publish_status(&ctx, &sessions, &session, &published, &new_status, false).await?;
     let requeue = status::requeue_after(&session, &new_status, now).unwrap_or(RESYNC);
     Ok(Action::requeue(requeue.min(RESYNC)))
 }
 
 /// Writes `new` as the status of `session` (server-side apply) if it differs from `old`,
-/// with an event for each transition.
+/// with an event for each transition. With `precondition`, the write fails with 409
+/// unless the session is still at the resourceVersion it was read at. Returns the
+/// session's new resourceVersion.
 async fn publish_status(
     ctx: &Context,
     sessions: &Api<DebugSession>,
     session: &DebugSession,
     old: &DebugSessionStatus,
     new: &DebugSessionStatus,
-) -> Result<(), Error> {
+    precondition: bool,
+) -> Result<Option<String>, Error> {
     if new == old {
-        return Ok(());
+        return Ok(session.metadata.resource_version.clone());
     }
-    publish_events(ctx, session, old, new).await;
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": DebugSession::api_version(&()),
         "kind": DebugSession::kind(&()),
         "status": new,
     });
-    sessions
+    if precondition {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": session.metadata.resource_version });
+    }
+    let written = sessions
         .patch_status(&session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
-    Ok(())
+    publish_events(ctx, session, old, new).await;
+    Ok(written.metadata.resource_version)
 }
 
 /// Resolves, plans and injects until the plan needs nothing more written to the
@@ -278,7 +296,13 @@ async fn decide(
             Plan::Inject { container, status } => (container, status),
         };
         // Pending is written before the pod is, so the status tells the whole story.
-        publish_status(ctx, sessions, &current, &published, &status).await?;
+        // It is written only if the session is unchanged since it was read: a stale
+        // cache (or a second operator) must not inject what was already injected.
+        current.metadata.resource_version =
+            publish_status(ctx, sessions, &current, &published, &status, true).await.map_err(|error| match error {
+                Error::Kube(ref e) if is_conflict(e) => Error::StaleSession,
+                other => other,
+            })?;
         published = status.clone();
         current.status = Some(status.clone());
         let (Resolved::Pod(pod), Some(shape)) = (&resolved, shape) else {
@@ -336,8 +360,13 @@ async fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessio
 }
 
 fn error_policy(session: Arc<DebugSession>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(session = %session.name_any(), %error, "reconcile failed");
     ctx.metrics.reconcile_errors.with_label_values(&[error.metric_label()]).inc();
+    if matches!(error, Error::StaleSession) {
+        // Expected when a reconcile races our own status write; the next read is fresh.
+        tracing::debug!(session = %session.name_any(), %error, "retrying");
+        return Action::requeue(Duration::from_millis(250));
+    }
+    tracing::warn!(session = %session.name_any(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
 

@@ -75,6 +75,11 @@ pub fn is_from_session(container: &EphemeralContainer, session_uid: &str) -> boo
     container.env.iter().flatten().any(|e| e.name == SESSION_UID_ENV && e.value.as_deref() == Some(session_uid))
 }
 
+/// Whether any ephemeral container of `pod` was created by the session.
+pub fn has_container_from_session(pod: &Pod, session_uid: &str) -> bool {
+    pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).any(|c| is_from_session(c, session_uid))
+}
+
 /// The name the debug container of `attempt` gets in this pod: the first
 /// candidate that is free or already ours. `Err` carries the taken name when
 /// the user fixed `spec.containerName` and someone else uses it.
@@ -243,6 +248,10 @@ mod tests {
         assert_eq!(env, vec![("A", "1"), (SESSION_ENV, "ns/s1"), (SESSION_UID_ENV, "AB12C-34de-5678")]);
         assert!(is_from_session(&c, "AB12C-34de-5678"));
         assert!(!is_from_session(&c, "other"));
+        let with_it = pod(&["app"], vec![c.clone()]);
+        assert!(has_container_from_session(&with_it, "AB12C-34de-5678"));
+        assert!(!has_container_from_session(&with_it, "other"));
+        assert!(!has_container_from_session(&pod(&["app"], vec![]), "AB12C-34de-5678"));
         assert_eq!(c.security_context, security_context(Profile::Netadmin));
     }
 

@@ -313,3 +313,36 @@ async fn metrics_are_served() {
     assert!(body.contains("ephemera_reconciliations_total"), "{body}");
     assert!(body.contains(r#"ephemera_session_transitions_total{phase="Failed",reason="TargetNotFound"} 1"#), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_operators_racing_never_inject_twice() {
+    let mut env = TestEnv::new("two-operators").await;
+    let second = common::Operator::start(&env.namespace, "admin", "127.0.0.1:0");
+    env.running_pod("web-a", &["app"], &[("app", "web")]).await;
+    env.running_pod("web-b", &["app"], &[("app", "web")]).await;
+    let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        // Half by name, half by selector (where two racing operators could pick different pods).
+        let target = if name.ends_with(['0', '2', '4']) {
+            "{ pod: web-a }"
+        } else {
+            "{ selector: { matchLabels: { app: web } } }"
+        };
+        env.create_session(&format!(
+            "metadata: {{ name: {name} }}\nspec:\n  target: {target}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n"
+        ))
+        .await;
+    }
+    for name in &names {
+        env.wait_phase(name, Phase::Running).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let in_pods = [env.ephemeral_names("web-a").await, env.ephemeral_names("web-b").await].concat();
+    assert_eq!(in_pods.len(), names.len(), "one container per session, no more: {in_pods:?}");
+    let mut unique = in_pods.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), in_pods.len(), "{in_pods:?}");
+    drop(second);
+    env.operator.take();
+}
