@@ -45,9 +45,9 @@ unit-test:
 # Everything CI runs: unit tests, then the cluster harness and the controller against a real cluster.
 test: lint unit-test cluster-test e2e-test demo-check
 
-e2e-test: cluster-up
+e2e-test: cluster-up $(HELM)
 	$(CARGO) build --locked
-	EPHEMERA_CLUSTER_DIR=$(CLUSTER_DIR) $(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
+	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
 
 # Brings up the cluster, runs the operator and debugs the tomcat-test pod.
 demo: cluster-up

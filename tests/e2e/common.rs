@@ -32,7 +32,7 @@ pub fn kubeconfig() -> PathBuf {
 }
 
 /// Starts the cluster through up.sh unless it already answers; once per test binary.
-fn ensure_cluster() {
+pub fn ensure_cluster() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         let healthy =

@@ -4,6 +4,7 @@
 mod common;
 mod failures;
 mod gate_off;
+mod in_cluster;
 mod interactive;
 
 use std::time::Duration;
