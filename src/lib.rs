@@ -4,6 +4,7 @@ pub mod controller;
 pub mod crd;
 pub mod debug_container;
 pub mod ephemeral_api;
+pub mod leader;
 pub mod metrics;
 pub mod server;
 pub mod status;

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ephemera::{controller, crd, metrics::Metrics, server, telemetry};
+use ephemera::{controller, crd, leader, metrics::Metrics, server, telemetry};
 
 /// Declarative debugging of running pods with ephemeral containers.
 #[derive(Parser)]
@@ -27,6 +27,20 @@ enum Command {
         /// Kubeconfig context to use instead of the current one (ignored in-cluster).
         #[arg(long, env = "EPHEMERA_KUBE_CONTEXT")]
         kube_context: Option<String>,
+        /// Reconcile only while holding a Lease, so that replicas can stand by.
+        #[arg(long, env = "EPHEMERA_LEADER_ELECT")]
+        leader_elect: bool,
+        /// Namespace of the Lease (in a cluster: the operator's own, from POD_NAMESPACE).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        leader_election_namespace: String,
+        #[arg(long, default_value = "ephemera-controller")]
+        leader_election_lease_name: String,
+        /// Seconds a lease lasts without renewal: how long a standby waits for a dead leader.
+        #[arg(long, default_value_t = 15)]
+        leader_election_lease_seconds: u64,
+        /// Identity in the Lease (in a cluster: the pod name, from POD_NAME).
+        #[arg(long, env = "POD_NAME")]
+        leader_election_identity: Option<String>,
     },
     /// Print the DebugSession CustomResourceDefinition as YAML.
     Crd,
@@ -36,7 +50,17 @@ enum Command {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Crd => print!("{}", crd::crd_yaml()),
-        Command::Run { namespace, metrics_addr, log_format, kube_context } => {
+        Command::Run {
+            namespace,
+            metrics_addr,
+            log_format,
+            kube_context,
+            leader_elect,
+            leader_election_namespace,
+            leader_election_lease_name,
+            leader_election_lease_seconds,
+            leader_election_identity,
+        } => {
             telemetry::init(log_format);
             let client = match kube_context {
                 Some(context) => {
@@ -48,9 +72,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let metrics = Arc::new(Metrics::new());
             let server = tokio::spawn(server::serve(metrics_addr, metrics.clone()));
             tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "starting ephemera controller");
-            controller::run(client, namespace, metrics).await;
+            let controller = controller::run(client.clone(), namespace, metrics);
+            let result = if leader_elect {
+                let identity = leader_election_identity.unwrap_or_else(default_identity);
+                let election = leader::LeaderElection {
+                    namespace: leader_election_namespace,
+                    lease_name: leader_election_lease_name,
+                    identity,
+                    lease_seconds: leader_election_lease_seconds,
+                };
+                leader::run_as_leader(client, election, controller).await
+            } else {
+                controller.await;
+                Ok(())
+            };
             server.abort();
+            result?;
         }
     }
     Ok(())
+}
+
+/// `<hostname>-<pid>`, unique enough for processes outside a cluster.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }

@@ -102,12 +102,25 @@ impl Operator {
         context: &str,
         metrics_addr: &str,
     ) -> Self {
+        Self::start_with_args(namespace, kubeconfig, context, metrics_addr, &[], "")
+    }
+
+    /// `log_suffix` keeps the logs of several operators of one test apart.
+    pub fn start_with_args(
+        namespace: &str,
+        kubeconfig: &std::path::Path,
+        context: &str,
+        metrics_addr: &str,
+        extra_args: &[&str],
+        log_suffix: &str,
+    ) -> Self {
         let log_dir = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
-        let log = log_dir.join(format!("{namespace}.log"));
+        let log = log_dir.join(format!("{namespace}{log_suffix}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ephemera"))
             .args(["run", "--namespace", namespace, "--metrics-addr", metrics_addr])
+            .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("EPHEMERA_KUBE_CONTEXT", context)
             .env("RUST_LOG", "info,ephemera=debug,kube=warn")
@@ -169,7 +182,13 @@ impl TestEnv {
         ns.metadata.name = Some(namespace.clone());
         ns.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
         namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
-        let _ = std::fs::remove_file(repo_root().join(format!("target/e2e-logs/{namespace}.log")));
+        // Operator logs of an earlier run of this test (one per operator) start afresh.
+        for entry in std::fs::read_dir(repo_root().join("target/e2e-logs")).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix(namespace.as_str()).is_some_and(|rest| rest == ".log" || rest.starts_with('-')) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Self {
             sessions: Api::namespaced(client.clone(), &namespace),
             pods: Api::namespaced(client.clone(), &namespace),

@@ -72,7 +72,7 @@ async fn helm_chart_runs_the_operator_in_the_cluster() {
         "-n",
         &env.namespace,
         "--set",
-        "image.repository=localhost/ephemera,image.tag=e2e,image.pullPolicy=Never,hostNetwork=true,logFormat=text",
+        "image.repository=localhost/ephemera,image.tag=e2e,image.pullPolicy=Never,hostNetwork=true,logFormat=text,replicaCount=1",
         "--set",
         &format!("watchNamespace={},metricsPort={port}", env.namespace),
         "--set-json",

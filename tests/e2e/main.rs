@@ -6,6 +6,7 @@ mod failures;
 mod gate_off;
 mod in_cluster;
 mod interactive;
+mod leader;
 
 use std::time::Duration;
 
