@@ -9,7 +9,7 @@ use ephemera::crd::Phase;
 
 use crate::common::{TestEnv, kubeconfig, kubectl, repo_root};
 
-fn helm() -> PathBuf {
+pub fn helm() -> PathBuf {
     std::env::var_os("EPHEMERA_HELM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/ephemera/helm-v3.22.0/helm"))

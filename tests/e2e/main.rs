@@ -1,6 +1,7 @@
 //! End-to-end tests of the controller against the real local cluster
 //! (tests/cluster, full mode: kube-apiserver, kubelet, containerd).
 
+mod admission;
 mod common;
 mod failures;
 mod gate_off;
