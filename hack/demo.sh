@@ -11,7 +11,7 @@ operator=target/debug/ephemera
 [ -f "$KUBECONFIG" ] || tests/cluster/up.sh
 
 echo "==> installing the DebugSession CRD"
-"${kubectl[@]}" apply --server-side -f crds/debugsession.yaml
+"${kubectl[@]}" apply --server-side --force-conflicts -f crds/debugsession.yaml
 "${kubectl[@]}" wait --for=condition=Established --timeout=30s crd/debugsessions.ephemera.dev
 
 echo "==> (re)starting the operator; log in $STATE/logs/ephemera.log"

@@ -298,10 +298,13 @@ pub struct DebugContainerStatus {
     /// Waiting or termination reason from the kubelet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Exit code, once Terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// When the kubelet started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// When it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
 }
@@ -391,7 +394,21 @@ const MAX_STRING_LENGTH: i64 = 4096;
 const MAX_LIST_ITEMS: i64 = 64;
 const MAX_MAP_PROPERTIES: i64 = 64;
 
-fn bound_sizes(schema: &mut JSONSchemaProps) {
+/// Applies `f` to `schema` and every schema nested in it.
+fn visit(schema: &mut JSONSchemaProps, f: &impl Fn(&mut JSONSchemaProps)) {
+    f(schema);
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        visit(child, f);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = &mut schema.items {
+        visit(items, f);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
+        visit(values, f);
+    }
+}
+
+fn bound_size(schema: &mut JSONSchemaProps) {
     match schema.type_.as_deref() {
         Some("string") if schema.enum_.is_none() => {
             schema.max_length.get_or_insert(MAX_STRING_LENGTH);
@@ -404,14 +421,16 @@ fn bound_sizes(schema: &mut JSONSchemaProps) {
         }
         _ => {}
     }
-    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
-        bound_sizes(child);
-    }
-    if let Some(JSONSchemaPropsOrArray::Schema(items)) = &mut schema.items {
-        bound_sizes(items);
-    }
-    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
-        bound_sizes(values);
+}
+
+/// Joins the lines of a doc comment's paragraphs, which `kubectl explain` rewraps anyway.
+fn unwrap_description(schema: &mut JSONSchemaProps) {
+    if let Some(description) = &mut schema.description {
+        *description = description
+            .split("\n\n")
+            .map(|p| p.split('\n').collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n");
     }
 }
 
@@ -419,14 +438,10 @@ fn bound_sizes(schema: &mut JSONSchemaProps) {
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = DebugSession::crd();
     for version in &mut crd.spec.versions {
-        let spec = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-            .and_then(|s| s.properties.as_mut())
-            .and_then(|p| p.get_mut("spec"));
-        if let Some(spec) = spec {
-            bound_sizes(spec);
+        let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else { continue };
+        visit(root, &unwrap_description);
+        if let Some(spec) = root.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+            visit(spec, &bound_size);
         }
     }
     crd

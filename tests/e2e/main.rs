@@ -126,6 +126,11 @@ spec:
     let (ok, out) =
         kubectl(&["patch", "dbgs", "renew", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":0}}"#]);
     assert!(!ok && out.contains("spec.attempt may only be raised"), "{out}");
+
+    let (ok, explained) = kubectl(&["explain", "debugsession.spec.attempt"]);
+    // kubectl wraps the text; compare it unwrapped.
+    let explained = explained.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(ok && explained.contains("The only field that may change, and only upwards."), "{explained}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
