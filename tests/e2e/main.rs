@@ -8,6 +8,7 @@ mod gate_off;
 mod in_cluster;
 mod interactive;
 mod leader;
+mod plugin;
 
 use std::time::Duration;
 
