@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build crds manifests check-generated test unit-test e2e-test demo demo-stop demo-check lint
+.PHONY: build crds manifests check-generated test unit-test e2e-test demo demo-stop demo-check lint bench
 
 build:
 	$(CARGO) build --release --locked
@@ -61,3 +61,7 @@ demo-stop:
 # The README's `make demo`, checked: demo.sh fails unless the session reaches Running.
 demo-check: demo
 	$(MAKE) demo-stop
+
+# Benchmark (not a test): operator memory with 10,000 unrelated pods on the local cluster.
+bench: cluster-up
+	$(CARGO) bench --locked --bench unrelated_pods

@@ -119,7 +119,9 @@ impl Operator {
         let log = log_dir.join(format!("{namespace}{log_suffix}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ephemera"))
-            .args(["run", "--namespace", namespace, "--metrics-addr", metrics_addr])
+            .args(["run", "--metrics-addr", metrics_addr])
+            // An empty namespace means all of them.
+            .args(if namespace.is_empty() { vec![] } else { vec!["--namespace", namespace] })
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("EPHEMERA_KUBE_CONTEXT", context)
@@ -130,6 +132,11 @@ impl Operator {
             .spawn()
             .expect("start the operator");
         Self { child, log }
+    }
+
+    #[allow(dead_code)] // used by benches/unrelated_pods.rs
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill(&mut self) {
