@@ -5,40 +5,8 @@ use std::time::{Duration, Instant};
 
 use ephemera::crd::Phase;
 
-use crate::common::{TestEnv, kubectl, repo_root};
+use crate::common::{TestEnv, grant, kubectl, repo_root};
 use crate::in_cluster::helm;
-
-fn apply_json(namespace: &str, object: serde_json::Value) {
-    let path = std::env::temp_dir().join(format!(
-        "{namespace}-{}-{}.json",
-        object["kind"].as_str().unwrap(),
-        object["metadata"]["name"].as_str().unwrap()
-    ));
-    std::fs::write(&path, object.to_string()).unwrap();
-    let (ok, out) = kubectl(&["apply", "-f", path.to_str().unwrap()]);
-    assert!(ok, "{out}");
-}
-
-/// Binds `user` to a Role with `rules` in the namespace.
-fn grant(namespace: &str, user: &str, rules: serde_json::Value) {
-    apply_json(
-        namespace,
-        serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": { "name": user, "namespace": namespace },
-            "rules": rules,
-        }),
-    );
-    apply_json(
-        namespace,
-        serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": { "name": user, "namespace": namespace },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user },
-            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
-        }),
-    );
-}
 
 /// Deletes the objects of a file from the cluster, even when the test fails.
 struct RemoveOnDrop(std::path::PathBuf);

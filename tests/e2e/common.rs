@@ -356,3 +356,58 @@ pub async fn record_phases(sessions: Api<DebugSession>, name: &str, last: Phase,
     .await;
     phases
 }
+
+pub fn tmux(args: &[&str]) -> String {
+    let output = Command::new("tmux").args(args).output().expect("run tmux");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// Ends a tmux session, if there is one.
+pub fn tmux_kill(session: &str) {
+    let _ = Command::new("tmux").args(["kill-session", "-t", session]).stderr(Stdio::null()).status();
+}
+
+/// Waits until the tmux pane shows `text`.
+pub async fn wait_for_screen(session: &str, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session]);
+        if screen.contains(text) {
+            return screen;
+        }
+        assert!(Instant::now() < deadline, "tmux never showed {text:?}; screen:\n{screen}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn apply_json(namespace: &str, object: serde_json::Value) {
+    let path = std::env::temp_dir().join(format!(
+        "{namespace}-{}-{}.json",
+        object["kind"].as_str().unwrap(),
+        object["metadata"]["name"].as_str().unwrap()
+    ));
+    std::fs::write(&path, object.to_string()).unwrap();
+    let (ok, out) = kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
+
+/// Binds `user` to a Role with `rules` in the namespace.
+pub fn grant(namespace: &str, user: &str, rules: serde_json::Value) {
+    apply_json(
+        namespace,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": { "name": user, "namespace": namespace },
+            "rules": rules,
+        }),
+    );
+    apply_json(
+        namespace,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": user, "namespace": namespace },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        }),
+    );
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use ephemera::crd::{FailureReason, Phase};
 use kube::api::{DeleteParams, PostParams};
 
-use crate::common::{TestEnv, kubectl};
+use crate::common::{TestEnv, grant, kubectl};
 
 async fn expect_failure(
     env: &TestEnv,
@@ -91,28 +91,16 @@ async fn pod_security_admission_refusal_is_forbidden() {
 async fn rbac_refusal_is_forbidden() {
     let mut env = TestEnv::without_operator("rbac", &[]).await;
     // alice may run the controller in this namespace but not add ephemeral containers.
-    let role = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": { "name": "operator-without-ephemeral", "namespace": env.namespace },
-        "rules": [
+    grant(
+        &env.namespace,
+        "alice",
+        serde_json::json!([
             { "apiGroups": ["ephemera.dev"], "resources": ["debugsessions"], "verbs": ["get", "list", "watch", "delete"] },
             { "apiGroups": ["ephemera.dev"], "resources": ["debugsessions/status"], "verbs": ["get", "patch", "update"] },
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }
-        ]
-    });
-    let binding = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": { "name": "alice-operator", "namespace": env.namespace },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-without-ephemeral" },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" }]
-    });
-    for object in [role, binding] {
-        let path = std::env::temp_dir().join(format!("{}-{}.json", env.namespace, object["kind"].as_str().unwrap()));
-        std::fs::write(&path, object.to_string()).unwrap();
-        let (ok, out) = kubectl(&["apply", "-f", path.to_str().unwrap()]);
-        assert!(ok, "{out}");
-    }
+        ]),
+    );
     env.running_pod("web", &["app"], &[]).await;
     env.start_operator("alice");
     env.create_session(&session_yaml("denied", "{ pod: web }", "")).await;

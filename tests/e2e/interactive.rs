@@ -1,29 +1,10 @@
 //! An interactive session driven like a person would: `kubectl attach -it` in tmux.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ephemera::crd::Phase;
 
-use crate::common::{TestEnv, cluster_dir, kubeconfig, kubectl};
-
-fn tmux(args: &[&str]) -> String {
-    let output = Command::new("tmux").args(args).output().expect("run tmux");
-    String::from_utf8_lossy(&output.stdout).to_string()
-}
-
-/// Waits until the tmux pane shows `text`.
-async fn wait_for_screen(session: &str, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if screen.contains(text) {
-            return screen;
-        }
-        assert!(Instant::now() < deadline, "tmux never showed {text:?}; screen:\n{screen}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use crate::common::{TestEnv, cluster_dir, kubeconfig, kubectl, tmux, tmux_kill, wait_for_screen};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interactive_session_is_attached_exited_and_then_not_attachable() {
@@ -43,7 +24,7 @@ async fn interactive_session_is_attached_exited_and_then_not_attachable() {
     let command =
         attach.replacen("kubectl", &format!("{} --kubeconfig {}", kubectl_bin.display(), kubeconfig().display()), 1);
     let tmux_session = format!("ephemera-{}", env.namespace);
-    let _ = Command::new("tmux").args(["kill-session", "-t", &tmux_session]).status();
+    tmux_kill(&tmux_session);
     let shell = format!("{command}; echo attach-exited-$?; sleep 60");
     tmux(&["new-session", "-d", "-s", &tmux_session, "-x", "200", "-y", "50", &shell]);
     // kubectl attach prints a hint, then the shell answers what we type.
@@ -52,7 +33,7 @@ async fn interactive_session_is_attached_exited_and_then_not_attachable() {
     wait_for_screen(&tmux_session, &format!("hello-42 {}/shell", env.namespace)).await;
     tmux(&["send-keys", "-t", &tmux_session, "exit 7", "Enter"]);
     let screen = wait_for_screen(&tmux_session, "attach-exited-").await;
-    let _ = Command::new("tmux").args(["kill-session", "-t", &tmux_session]).status();
+    tmux_kill(&tmux_session);
 
     let session = env.wait_phase("shell", Phase::Terminated).await;
     let status = session.status.unwrap();

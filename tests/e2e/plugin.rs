@@ -2,11 +2,11 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ephemera::crd::Phase;
 
-use crate::common::{TestEnv, cluster_dir, kubeconfig};
+use crate::common::{TestEnv, cluster_dir, kubeconfig, tmux, tmux_kill, wait_for_screen};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-ephemera");
 
@@ -26,22 +26,6 @@ fn kubectl_ephemera(args: &[&str]) -> Output {
 
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn tmux(args: &[&str]) -> String {
-    String::from_utf8_lossy(&Command::new("tmux").args(args).output().expect("tmux").stdout).into_owned()
-}
-
-async fn wait_for_screen(session: &str, wanted: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if screen.contains(wanted) {
-            return screen;
-        }
-        assert!(Instant::now() < deadline, "tmux never showed {wanted:?}:\n{screen}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -83,7 +67,7 @@ async fn plugin_attaches_and_renews_after_exit() {
     env.running_pod("web", &["app"], &[]).await;
     let ns = env.namespace.clone();
     let tmux_session = format!("ephemera-{ns}");
-    let _ = Command::new("tmux").args(["kill-session", "-t", &tmux_session]).status();
+    tmux_kill(&tmux_session);
     let plugin_dir = Path::new(PLUGIN).parent().unwrap().display().to_string();
     let shell = format!(
         "PATH={plugin_dir}:$PATH KUBECONFIG={} KUBECTL={kubectl} {kubectl} ephemera debug web -n {ns} --name shell --image localhost/busybox:1.36 --image-pull-policy Never -- sh; echo plugin-exited-$?; sleep 60",
@@ -97,7 +81,7 @@ async fn plugin_attaches_and_renews_after_exit() {
     wait_for_screen(&tmux_session, "plugin-42").await;
     tmux(&["send-keys", "-t", &tmux_session, "exit 3", "Enter"]);
     wait_for_screen(&tmux_session, "plugin-exited-").await;
-    let _ = Command::new("tmux").args(["kill-session", "-t", &tmux_session]).status();
+    tmux_kill(&tmux_session);
     let session = env.wait_phase("shell", Phase::Terminated).await;
     assert_eq!(session.status.unwrap().exit_code, Some(3));
 
