@@ -50,15 +50,11 @@ pub fn plan(session: &DebugSession, target: TargetLookup, unavailable: Option<&F
         return Plan::Report(finish(status, &prior, now));
     }
 
-    let pod = match target {
-        TargetLookup::Found(pod) => {
-            status.pod_name = pod.metadata.name.clone();
-            status.pod_uid = pod.metadata.uid.clone();
-            record_kubelet_states(session, pod, &mut status.containers, now);
-            Some(pod)
-        }
-        TargetLookup::Failed(_) => None,
-    };
+    if let TargetLookup::Found(pod) = target {
+        status.pod_name = pod.metadata.name.clone();
+        status.pod_uid = pod.metadata.uid.clone();
+        record_kubelet_states(session, pod, &mut status.containers, now);
+    }
 
     // A failure of this attempt stands until spec.attempt is raised.
     if prior.phase == Some(Phase::Failed) && prior.attempt == spec.attempt {
@@ -87,10 +83,9 @@ pub fn plan(session: &DebugSession, target: TargetLookup, unavailable: Option<&F
 
     status.attempt = spec.attempt;
     clear_current(&mut status);
-    let pod = match (target, pod) {
-        (TargetLookup::Failed(failure), _) => return Plan::Report(finish(fail(status, failure.clone()), &prior, now)),
-        (_, Some(pod)) => pod,
-        (TargetLookup::Found(_), None) => unreachable!("a found target always has a pod"),
+    let pod = match target {
+        TargetLookup::Found(pod) => pod,
+        TargetLookup::Failed(failure) => return Plan::Report(finish(fail(status, failure.clone()), &prior, now)),
     };
     if let Some(failure) = unavailable {
         return Plan::Report(finish(fail(status, failure.clone()), &prior, now));
