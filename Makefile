@@ -42,10 +42,11 @@ unit-test:
 	$(CARGO) test --locked --lib --test crd_drift
 	$(MAKE) check-generated
 
-# Everything CI runs: unit tests, then the cluster harness and the controller against a real cluster.
+# Everything CI runs: lint and unit tests, the cluster harness acceptance, the end-to-end tests
+# (which start the cluster through tests/cluster/up.sh themselves) and the demo.
 test: lint unit-test cluster-test e2e-test demo-check
 
-e2e-test: cluster-up $(HELM)
+e2e-test: $(HELM)
 	$(CARGO) build --locked
 	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
 
