@@ -64,10 +64,7 @@ async fn measure(env: &TestEnv, label: &str, session: &str) -> (f64, f64, Durati
         Operator::start_with_args("", &common::kubeconfig(), "admin", "127.0.0.1:0", &[], &format!("bench-{label}"));
     tokio::time::sleep(Duration::from_secs(15)).await;
     let started = Instant::now();
-    env.create_session(&format!(
-        "metadata: {{ name: {session} }}\nspec:\n  target: {{ pod: web }}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n"
-    ))
-    .await;
+    env.create_session(&common::sleeping_session(session, "{ pod: web }", "")).await;
     env.wait_phase(session, Phase::Running).await;
     let latency = started.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;

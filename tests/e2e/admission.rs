@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ephemera::crd::Phase;
 
-use crate::common::{TestEnv, grant, kubectl, repo_root};
+use crate::common::{TestEnv, grant, kubectl, kubectl_patch_session, repo_root, sleeping_session};
 use crate::in_cluster::helm;
 
 /// Deletes the objects of a file from the cluster, even when the test fails.
@@ -20,12 +20,9 @@ impl Drop for RemoveOnDrop {
 /// `kubectl apply` of a session as `user`.
 fn apply_session_as(user: &str, namespace: &str, name: &str, target: &str) -> (bool, String) {
     let path = std::env::temp_dir().join(format!("{namespace}-{name}.yaml"));
-    std::fs::write(
-        &path,
-        format!("apiVersion: ephemera.dev/v1alpha1\nkind: DebugSession\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  target: {target}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n"),
-    )
-    .unwrap();
-    kubectl(&["--context", user, "apply", "-f", path.to_str().unwrap()])
+    let yaml = format!("apiVersion: ephemera.dev/v1alpha1\nkind: DebugSession\n{}", sleeping_session(name, target, ""));
+    std::fs::write(&path, yaml).unwrap();
+    kubectl(&["--context", user, "apply", "-n", namespace, "-f", path.to_str().unwrap()])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -82,17 +79,6 @@ async fn only_authors_who_may_debug_can_create_sessions() {
         apply_session_as("bob", &env.namespace, "by-bob-anywhere", "{ selector: { matchLabels: { app: x } } }");
     assert!(!ok && out.contains("bob may not patch pods/ephemeralcontainers in namespace"), "{out}");
     // Raising attempt is an update, checked the same way.
-    let (ok, out) = kubectl(&[
-        "--context",
-        "bob",
-        "patch",
-        "dbgs",
-        "by-bob",
-        "-n",
-        &env.namespace,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"attempt":1}}"#,
-    ]);
+    let (ok, out) = kubectl_patch_session(Some("bob"), &env.namespace, "by-bob", r#"{"spec":{"attempt":1}}"#);
     assert!(ok, "{out}");
 }

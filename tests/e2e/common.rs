@@ -419,3 +419,20 @@ pub fn grant(namespace: &str, user: &str, rules: serde_json::Value) {
         }),
     );
 }
+
+/// A session that debugs `target` with a busybox sleeping for ten minutes; `extra` adds spec lines.
+pub fn sleeping_session(name: &str, target: &str, extra: &str) -> String {
+    format!(
+        "metadata: {{ name: {name} }}\nspec:\n  target: {target}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n{extra}"
+    )
+}
+
+/// `kubectl [--context CONTEXT] patch dbgs SESSION --type=merge -p PATCH`: what a user's edit goes through.
+pub fn kubectl_patch_session(context: Option<&str>, namespace: &str, session: &str, patch: &str) -> (bool, String) {
+    let mut args = vec![];
+    if let Some(context) = context {
+        args.extend(["--context", context]);
+    }
+    args.extend(["patch", "dbgs", session, "-n", namespace, "--type=merge", "-p", patch]);
+    kubectl(&args)
+}

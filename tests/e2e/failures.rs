@@ -5,7 +5,7 @@ use std::time::Duration;
 use ephemera::crd::{FailureReason, Phase};
 use kube::api::{DeleteParams, PostParams};
 
-use crate::common::{TestEnv, grant, kubectl};
+use crate::common::{TestEnv, grant, kubectl_patch_session, sleeping_session};
 
 async fn expect_failure(
     env: &TestEnv,
@@ -25,12 +25,6 @@ async fn expect_failure(
     session
 }
 
-fn session_yaml(name: &str, target: &str, extra: &str) -> String {
-    format!(
-        "metadata: {{ name: {name} }}\nspec:\n  target: {target}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n{extra}"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn target_problems_fail_before_anything_is_written() {
     let env = TestEnv::new("target-failures").await;
@@ -43,10 +37,10 @@ async fn target_problems_fail_before_anything_is_written() {
     .unwrap();
     env.pods.create(&PostParams::default(), &pending).await.unwrap();
 
-    env.create_session(&session_yaml("missing-pod", "{ pod: nope }", "")).await;
-    env.create_session(&session_yaml("missing-container", "{ pod: web, container: nope }", "")).await;
-    env.create_session(&session_yaml("not-running", "{ pod: pending }", "")).await;
-    env.create_session(&session_yaml("no-match", "{ selector: { matchLabels: { app: nothing } } }", "")).await;
+    env.create_session(&sleeping_session("missing-pod", "{ pod: nope }", "")).await;
+    env.create_session(&sleeping_session("missing-container", "{ pod: web, container: nope }", "")).await;
+    env.create_session(&sleeping_session("not-running", "{ pod: pending }", "")).await;
+    env.create_session(&sleeping_session("no-match", "{ selector: { matchLabels: { app: nothing } } }", "")).await;
 
     expect_failure(&env, "missing-pod", FailureReason::TargetNotFound, "pod nope does not exist").await;
     expect_failure(&env, "missing-container", FailureReason::TargetContainerNotFound, "its containers are: app").await;
@@ -60,16 +54,7 @@ async fn target_problems_fail_before_anything_is_written() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let session = env.sessions.get("missing-pod").await.unwrap();
     assert_eq!(session.status.unwrap().phase, Some(Phase::Failed));
-    let (ok, out) = kubectl(&[
-        "patch",
-        "dbgs",
-        "missing-pod",
-        "-n",
-        &env.namespace,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"attempt":1}}"#,
-    ]);
+    let (ok, out) = kubectl_patch_session(None, &env.namespace, "missing-pod", r#"{"spec":{"attempt":1}}"#);
     assert!(ok, "{out}");
     let session = env.wait_phase("missing-pod", Phase::Running).await;
     assert_eq!(session.status.unwrap().container_name.map(|n| n.ends_with("-1")), Some(true));
@@ -79,11 +64,11 @@ async fn target_problems_fail_before_anything_is_written() {
 async fn pod_security_admission_refusal_is_forbidden() {
     let env = TestEnv::with_namespace_labels("psa", &[("pod-security.kubernetes.io/enforce", "baseline")]).await;
     env.running_pod("web", &["app"], &[]).await;
-    env.create_session(&session_yaml("root", "{ pod: web }", "  profile: sysadmin\n")).await;
+    env.create_session(&sleeping_session("root", "{ pod: web }", "  profile: sysadmin\n")).await;
     expect_failure(&env, "root", FailureReason::Forbidden, "violates PodSecurity").await;
     assert!(env.ephemeral_names("web").await.is_empty());
     // The same namespace takes a container that baseline allows.
-    env.create_session(&session_yaml("fine", "{ pod: web }", "  profile: baseline\n")).await;
+    env.create_session(&sleeping_session("fine", "{ pod: web }", "  profile: baseline\n")).await;
     env.wait_phase("fine", Phase::Running).await;
 }
 
@@ -103,7 +88,7 @@ async fn rbac_refusal_is_forbidden() {
     );
     env.running_pod("web", &["app"], &[]).await;
     env.start_operator("alice");
-    env.create_session(&session_yaml("denied", "{ pod: web }", "")).await;
+    env.create_session(&sleeping_session("denied", "{ pod: web }", "")).await;
     expect_failure(&env, "denied", FailureReason::Forbidden, "cannot patch resource \"pods/ephemeralcontainers\"")
         .await;
     assert!(env.ephemeral_names("web").await.is_empty());
@@ -113,7 +98,7 @@ async fn rbac_refusal_is_forbidden() {
 async fn invalid_container_is_reported_with_the_servers_message() {
     let env = TestEnv::new("invalid").await;
     env.running_pod("web", &["app"], &[]).await;
-    env.create_session(&session_yaml("bad-env", "{ pod: web }", "  env: [{ name: \"A=B\", value: x }]\n")).await;
+    env.create_session(&sleeping_session("bad-env", "{ pod: web }", "  env: [{ name: \"A=B\", value: x }]\n")).await;
     expect_failure(&env, "bad-env", FailureReason::Invalid, "spec.ephemeralContainers[0].env[0].name").await;
     assert!(env.ephemeral_names("web").await.is_empty());
 }
@@ -152,7 +137,7 @@ async fn container_that_never_starts_shows_why_and_times_out() {
 async fn deleted_or_replaced_pod_is_target_gone() {
     let env = TestEnv::new("gone").await;
     env.running_pod("web", &["app"], &[]).await;
-    env.create_session(&session_yaml("orphan", "{ pod: web }", "")).await;
+    env.create_session(&sleeping_session("orphan", "{ pod: web }", "")).await;
     env.wait_phase("orphan", Phase::Running).await;
     env.pods.delete("web", &DeleteParams::default().grace_period(0)).await.unwrap();
     expect_failure(&env, "orphan", FailureReason::TargetGone, "pod web was deleted").await;
@@ -160,8 +145,7 @@ async fn deleted_or_replaced_pod_is_target_gone() {
     // A pod of the same name is another pod: the pinned UID tells them apart.
     env.wait_pod_gone("web").await;
     env.running_pod("web", &["app"], &[]).await;
-    let (ok, out) =
-        kubectl(&["patch", "dbgs", "orphan", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":1}}"#]);
+    let (ok, out) = kubectl_patch_session(None, &env.namespace, "orphan", r#"{"spec":{"attempt":1}}"#);
     assert!(ok, "{out}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let session = env.sessions.get("orphan").await.unwrap();
@@ -192,7 +176,7 @@ async fn static_pod_is_refused_before_writing() {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     })
     .await;
-    env.create_session(&session_yaml("mirror", "{ pod: node-agent-127.0.0.1 }", "")).await;
+    env.create_session(&sleeping_session("mirror", "{ pod: node-agent-127.0.0.1 }", "")).await;
     expect_failure(&env, "mirror", FailureReason::StaticPodUnsupported, "mirror of a static pod").await;
     assert!(env.ephemeral_names("node-agent-127.0.0.1").await.is_empty());
     drop(manifest);

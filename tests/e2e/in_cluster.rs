@@ -7,7 +7,7 @@ use std::process::Command;
 
 use ephemera::crd::Phase;
 
-use crate::common::{TestEnv, kubeconfig, kubectl, repo_root};
+use crate::common::{TestEnv, kubeconfig, kubectl, repo_root, sleeping_session};
 
 pub fn helm() -> PathBuf {
     std::env::var_os("EPHEMERA_HELM")
@@ -83,7 +83,7 @@ async fn helm_chart_runs_the_operator_in_the_cluster() {
     ]);
 
     env.running_pod("web", &["app"], &[]).await;
-    env.create_session("metadata: { name: in-cluster }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n").await;
+    env.create_session(&sleeping_session("in-cluster", "{ pod: web }", "")).await;
     let session = env.wait_phase("in-cluster", Phase::Running).await;
     assert_eq!(env.ephemeral_names("web").await, vec![session.status.unwrap().container_name.unwrap()]);
 

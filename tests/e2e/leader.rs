@@ -6,7 +6,7 @@ use ephemera::crd::Phase;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
-use crate::common::{Operator, TestEnv, kubeconfig};
+use crate::common::{Operator, TestEnv, kubeconfig, sleeping_session};
 
 fn replica(namespace: &str, identity: &str) -> Operator {
     let args = [
@@ -41,11 +41,7 @@ async fn standby_takes_over_when_the_leader_dies() {
     }
     let second = replica(&env.namespace, "second");
     env.running_pod("web", &["app"], &[]).await;
-    let session = |name: &str| {
-        format!(
-            "metadata: {{ name: {name} }}\nspec:\n  target: {{ pod: web }}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n"
-        )
-    };
+    let session = |name: &str| sleeping_session(name, "{ pod: web }", "");
     env.create_session(&session("before")).await;
     env.wait_phase("before", Phase::Running).await;
     assert!(log(&second).contains("waiting to become the leader"), "{}", log(&second));

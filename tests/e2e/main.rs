@@ -12,7 +12,7 @@ mod plugin;
 
 use std::time::Duration;
 
-use common::{TestEnv, kubectl};
+use common::{TestEnv, kubectl, kubectl_patch_session, sleeping_session};
 use ephemera::crd::{ContainerState, Phase};
 use kube::api::{Patch, PatchParams};
 
@@ -99,16 +99,7 @@ spec:
     env.wait_phase("renew", Phase::Terminated).await;
 
     // Only spec.attempt may change, and only upwards (CEL in the CRD).
-    let (ok, out) = kubectl(&[
-        "patch",
-        "dbgs",
-        "renew",
-        "-n",
-        &env.namespace,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"image":"other"}}"#,
-    ]);
+    let (ok, out) = kubectl_patch_session(None, &env.namespace, "renew", r#"{"spec":{"image":"other"}}"#);
     assert!(!ok && out.contains("spec is immutable except for spec.attempt"), "{out}");
 
     let raise = |attempt: i32| serde_json::json!({ "spec": { "attempt": attempt } });
@@ -124,8 +115,7 @@ spec:
     assert_eq!(recorded, vec![("dbg", 0, ContainerState::Terminated), ("dbg-1", 1, ContainerState::Terminated)]);
     assert_eq!(env.ephemeral_names("web").await, vec!["dbg", "dbg-1"]);
 
-    let (ok, out) =
-        kubectl(&["patch", "dbgs", "renew", "-n", &env.namespace, "--type=merge", "-p", r#"{"spec":{"attempt":0}}"#]);
+    let (ok, out) = kubectl_patch_session(None, &env.namespace, "renew", r#"{"spec":{"attempt":0}}"#);
     assert!(!ok && out.contains("spec.attempt may only be raised"), "{out}");
 
     let (ok, explained) = kubectl(&["explain", "debugsession.spec.attempt"]);
@@ -138,11 +128,7 @@ spec:
 async fn concurrent_sessions_and_kubectl_debug_on_one_pod_all_land() {
     let env = TestEnv::new("concurrent").await;
     env.running_pod("web", &["app"], &[]).await;
-    let session = |name: &str| {
-        format!(
-            "metadata: {{ name: {name} }}\nspec:\n  target: {{ pod: web }}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n"
-        )
-    };
+    let session = |name: &str| sleeping_session(name, "{ pod: web }", "");
     let namespace = env.namespace.clone();
     let human = tokio::task::spawn_blocking(move || {
         kubectl(&[
@@ -337,10 +323,7 @@ async fn two_operators_racing_never_inject_twice() {
         } else {
             "{ selector: { matchLabels: { app: web } } }"
         };
-        env.create_session(&format!(
-            "metadata: {{ name: {name} }}\nspec:\n  target: {target}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n"
-        ))
-        .await;
+        env.create_session(&sleeping_session(name, target, "")).await;
     }
     for name in &names {
         env.wait_phase(name, Phase::Running).await;
