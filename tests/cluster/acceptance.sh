@@ -73,7 +73,7 @@ up() {
   }
 }
 
-discovery_has_ephemeral() { "$K" get --raw /api/v1 | grep -q '"pods/ephemeralcontainers"'; }
+discovery_has_ephemeral() { "$K" get --raw /api/v1 | grep -F '"pods/ephemeralcontainers"' >/dev/null; }
 readyz_ok() { [[ $("$K" get --raw /readyz) == ok ]]; }
 node_ready() {
   [[ $("$K" get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]
@@ -87,7 +87,7 @@ eph_exit_is() { [[ $(eph_field "$1" "$2" .state.terminated.exitCode) == "$3" ]];
 eph_running() { [[ -n $(eph_field "$1" "$2" .state.running.startedAt) ]]; }
 eph_terminated() { [[ -n $(eph_field "$1" "$2" .state.terminated.finishedAt) ]]; }
 pane() { tm capture-pane -p -J -S -200 -t "$1"; }
-pane_has() { pane "$1" | grep -qF -- "$2"; }
+pane_has() { pane "$1" | grep -F -- "$2" >/dev/null; }
 
 teardown_checks() {
   local rc t0
@@ -137,14 +137,38 @@ teardown_checks
 
 # ------------------------------------------------------------------------------
 section "full mode"
-if ! up; then
+# Started the way a test harness starts it: with a large environment (which
+# the daemons inherit, and which pid_of reads) and a descriptor of the
+# caller's open (a lock, say), which no daemon may keep.
+exec 7>"$WORK/caller.lock"
+PADDING=$(head -c 65536 /dev/zero | tr '\0' x)
+if ! EPHEMERA_ACCEPTANCE_PADDING=$PADDING up; then
+  exec 7>&-
   fail "up.sh (full) failed (took $UP_TIME)"
   section "teardown"
   teardown_checks
   exit 1
 fi
+exec 7>&-
 pass "up.sh (full) (start time: $UP_TIME)"
 FULL_TIME=$UP_TIME
+# the descriptors of every component, as "PID FD -> TARGET" lines
+component_fds() {
+  local c pid fd
+  for c in "${ALL_COMPONENTS[@]}"; do
+    pid=$(pid_of "$c") || continue
+    for fd in /proc/"$pid"/fd/*; do echo "$pid ${fd##*/} -> $(readlink "$fd")"; done
+  done
+}
+no_caller_descriptors() { [[ $(component_fds) != *"$WORK/caller.lock"* ]]; }
+check "no component holds the caller's descriptors" no_caller_descriptors
+every_component_found() {
+  local c i
+  for i in $(seq 50); do
+    for c in "${ALL_COMPONENTS[@]}"; do pid_of "$c" >/dev/null || { echo "  pid_of $c failed on try $i"; return 1; }; done
+  done
+}
+check "pid_of finds every component, 50 times over (environment of $((${#PADDING} / 1024)) KiB)" every_component_found
 check "discovery /api/v1 lists pods/ephemeralcontainers" discovery_has_ephemeral
 check "node $NODE_NAME is Ready" node_ready
 check "ServiceAccount default/default exists" default_sa

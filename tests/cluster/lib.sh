@@ -67,7 +67,11 @@ pid_of() {
   pid=$(<"$f")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  cat "/proc/$pid/cmdline" "/proc/$pid/environ" 2>/dev/null | tr '\0' '\n' | grep -qF -- "$STATE" || return 1
+  # read whole, not piped into `grep -q`: under pipefail the writer's SIGPIPE
+  # after an early match would report a live process as gone
+  local identity
+  identity=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null; tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null) || true
+  [[ $identity == *"$STATE"* ]] || return 1
   echo "$pid"
 }
 

@@ -103,16 +103,42 @@ ensure_binary() {
 
 # ------------------------------------------------------------- processes ---
 STARTED=()
+declare -A STARTED_PID=()
 start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID
   local name=$1; shift
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  (
+    # A daemon must not hold the caller's descriptors: a lock (flock(1) around
+    # up.sh would stay locked for the cluster's lifetime) or a pipe (a caller
+    # reading it to EOF would wait forever).
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2 && fd < 255)); then eval "exec $fd>&-"; fi
+    done
+    exec setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null
+  ) &
   echo $! >"$PIDS/$name.pid"
   STARTED+=("$name")
+  STARTED_PID[$name]=$!
+}
+
+# how_it_ended NAME: sets ENDED to "exit status N" or "killed by SIGNAME" for
+# a component that up.sh started and that has exited. Not in a subshell: only
+# this shell may `wait` for its children.
+how_it_ended() {
+  local rc=0
+  wait "${STARTED_PID[$1]}" 2>/dev/null || rc=$?
+  if ((rc > 128)); then
+    ENDED="killed by SIG$(kill -l $((rc - 128)) 2>/dev/null || echo "$((rc - 128))")"
+  else
+    ENDED="exit status $rc"
+  fi
 }
 
 fail_with_log() { # COMPONENT MESSAGE
   log "$2"
   show_log "$1" 30
+  # a process killed without a word may have been the kernel's OOM killer
+  dmesg 2>/dev/null | grep -iE 'out of memory|oom-kill|killed process' | tail -n 5 >&2 || true
   die "cluster start failed ($2); processes and state are left in $STATE for inspection; clean up with $CLUSTER_SRC/down.sh"
 }
 
@@ -126,7 +152,10 @@ wait_until() {
       return 0
     fi
     for c in "${STARTED[@]}"; do
-      pid_of "$c" >/dev/null || fail_with_log "$c" "$c exited while waiting for $desc"
+      if ! pid_of "$c" >/dev/null; then
+        how_it_ended "$c"
+        fail_with_log "$c" "$c exited ($ENDED) while waiting for $desc"
+      fi
     done
     ((SECONDS < deadline)) || fail_with_log "$comp" "timed out after ${timeout}s waiting for $desc"
     sleep 0.5
