@@ -46,9 +46,14 @@ unit-test:
 # (which start the cluster through tests/cluster/up.sh themselves) and the demo.
 test: lint unit-test cluster-test e2e-test demo-check
 
+# The run is bounded (it normally takes under a minute): a wedged cluster fails the
+# target instead of eating CI's whole time budget.
+E2E_TIMEOUT ?= 20m
 e2e-test: $(HELM)
 	$(CARGO) build --locked
-	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
+	$(CARGO) test --locked --test e2e --no-run
+	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(E2E_TIMEOUT) \
+		$(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
 
 # Brings up the cluster, runs the operator and debugs the tomcat-test pod.
 demo: cluster-up

@@ -32,29 +32,36 @@ pub fn kubeconfig() -> PathBuf {
 }
 
 /// Starts the cluster through up.sh unless it already answers; once per test binary.
+/// A start that failed is not tried again by the next test: every test fails
+/// at once with the same message instead of each spending minutes on up.sh.
 pub fn ensure_cluster() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let outcome = READY.get_or_init(|| {
         let healthy =
             kubeconfig().exists() && kubectl_output(&["get", "--raw", "/readyz"]).is_ok_and(|o| o.status.success());
         if healthy {
-            return;
+            return Ok(());
         }
         let up = || {
+            // -o: the cluster's daemons must not inherit (and so keep holding) the lock
             Command::new("flock")
+                .args(["-o", "-w", "900"])
                 .arg(cluster_dir().with_extension("lock"))
                 .arg(repo_root().join("tests/cluster/up.sh"))
                 .status()
-                .expect("run tests/cluster/up.sh")
-                .success()
+                .is_ok_and(|status| status.success())
         };
         // up.sh tears down a half-started cluster itself; one more try covers a
         // start that failed on something transient (its output is above).
-        if !up() {
-            eprintln!("tests/cluster/up.sh failed; trying once more");
-            assert!(up(), "tests/cluster/up.sh failed twice; see its output above");
+        if up() {
+            return Ok(());
         }
+        eprintln!("tests/cluster/up.sh failed; trying once more");
+        if up() { Ok(()) } else { Err("tests/cluster/up.sh failed twice; see its output above".into()) }
     });
+    if let Err(message) = outcome {
+        panic!("{message}");
+    }
 }
 
 fn kubectl_output(args: &[&str]) -> std::io::Result<std::process::Output> {
@@ -317,12 +324,28 @@ impl TestEnv {
     }
 
     /// Reasons of the Kubernetes events about a session, oldest first.
-    pub async fn event_reasons(&self, session: &str) -> Vec<String> {
+    /// Reasons of the Events about a session, oldest first.
+    async fn event_reasons(&self, session: &str) -> Vec<String> {
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut list = events.list(&Default::default()).await.unwrap().items;
         list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(session));
         list.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
         list.into_iter().filter_map(|e| e.reason).collect()
+    }
+
+    /// Waits until Events with all these reasons exist for a session. The
+    /// operator records an event after the status write it reports, so a test
+    /// that has just seen the status may be a moment early.
+    pub async fn expect_events(&self, session: &str, reasons: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.event_reasons(session).await;
+            if reasons.iter().all(|reason| events.iter().any(|e| e == reason)) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "events of {session} are {events:?}; expected all of {reasons:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 

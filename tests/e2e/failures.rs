@@ -20,8 +20,7 @@ async fn expect_failure(
     assert!(message.contains(message_part), "message {message:?} lacks {message_part:?}");
     let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
     assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", reason.as_str()));
-    let events = env.event_reasons(&session.metadata.name.clone().unwrap()).await;
-    assert!(events.iter().any(|e| e == reason.as_str()), "no {} event in {events:?}", reason.as_str());
+    env.expect_events(&session.metadata.name.clone().unwrap(), &[reason.as_str()]).await;
     session
 }
 

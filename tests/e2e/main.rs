@@ -70,10 +70,7 @@ spec:
     let (attached, output) = kubectl(&["attach", "-n", &env.namespace, "web", "-c", &name]);
     assert!(!attached, "attaching to a terminated ephemeral container must fail: {output}");
 
-    let events = env.event_reasons("dbg").await;
-    for reason in ["TargetSelected", "Injected", "Running", "Terminated"] {
-        assert!(events.iter().any(|e| e == reason), "no {reason} event in {events:?}");
-    }
+    env.expect_events("dbg", &["TargetSelected", "Injected", "Running", "Terminated"]).await;
     let (_, wide) = kubectl(&["get", "dbgs", "-n", &env.namespace, "-o", "wide"]);
     assert!(wide.contains("Terminated") && wide.contains(&name), "{wide}");
 }
@@ -194,8 +191,7 @@ spec:
     assert_eq!(status.pod_name.as_deref(), Some("new"), "the newest Ready pod");
     assert_eq!(env.ephemeral_names("new").await.len(), 1);
     assert!(env.ephemeral_names("old").await.is_empty());
-    let events = env.event_reasons("pick").await;
-    assert!(events.iter().any(|e| e == "TargetSelected"), "{events:?}");
+    env.expect_events("pick", &["TargetSelected"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
