@@ -3,7 +3,8 @@
 # DebugSession for it, shown as it moves to Running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STATE=${EPHEMERA_CLUSTER_DIR:-/tmp/ephemera-cluster}
+# shellcheck source=../tests/cluster/lib.sh
+source tests/cluster/lib.sh # STATE, spawn_daemon
 export KUBECONFIG=$STATE/kubeconfig
 kubectl=("$STATE/bin/kubectl")
 operator=target/debug/ephemera
@@ -19,8 +20,8 @@ if [ -f "$STATE/pids/ephemera.pid" ]; then
   kill "$(cat "$STATE/pids/ephemera.pid")" 2>/dev/null || true
 fi
 mkdir -p "$STATE/pids" "$STATE/logs"
-nohup "$operator" run --metrics-addr 127.0.0.1:9464 >>"$STATE/logs/ephemera.log" 2>&1 &
-echo $! >"$STATE/pids/ephemera.pid"
+spawn_daemon "$STATE/logs/ephemera.log" "$operator" run --metrics-addr 127.0.0.1:9464
+echo "$SPAWNED_PID" >"$STATE/pids/ephemera.pid"
 
 echo "==> creating pod tomcat-test (container tomcat-java)"
 "${kubectl[@]}" delete debugsession tomcat-debug --ignore-not-found --wait=true >/dev/null

@@ -75,6 +75,22 @@ pid_of() {
   echo "$pid"
 }
 
+# spawn_daemon LOGFILE CMD...: runs CMD in its own session, appending its
+# output to LOGFILE; sets SPAWNED_PID. The daemon gets none of the caller's
+# other descriptors: not a lock (flock(1) around the caller would stay locked
+# for the daemon's lifetime), not a pipe (`make demo | tee` would never end).
+spawn_daemon() {
+  local log=$1; shift
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2 && fd < 255)); then eval "exec $fd>&-"; fi
+    done
+    exec setsid "$@" >>"$log" 2>&1 </dev/null
+  ) &
+  SPAWNED_PID=$!
+}
+
 kubectl_admin() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" --context admin "$@"; }
 
 # show_log NAME [LINES]

@@ -106,19 +106,10 @@ STARTED=()
 declare -A STARTED_PID=()
 start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID
   local name=$1; shift
-  (
-    # A daemon must not hold the caller's descriptors: a lock (flock(1) around
-    # up.sh would stay locked for the cluster's lifetime) or a pipe (a caller
-    # reading it to EOF would wait forever).
-    for fd in /proc/$BASHPID/fd/*; do
-      fd=${fd##*/}
-      if ((fd > 2 && fd < 255)); then eval "exec $fd>&-"; fi
-    done
-    exec setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null
-  ) &
-  echo $! >"$PIDS/$name.pid"
+  spawn_daemon "$LOGS/$name.log" "$@"
+  echo "$SPAWNED_PID" >"$PIDS/$name.pid"
   STARTED+=("$name")
-  STARTED_PID[$name]=$!
+  STARTED_PID[$name]=$SPAWNED_PID
 }
 
 # how_it_ended NAME: sets ENDED to "exit status N" or "killed by SIGNAME" for
