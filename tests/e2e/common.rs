@@ -90,7 +90,7 @@ pub async fn client_for(context: &str) -> Client {
 /// Installs the CRD from crds/ (server-side apply) and waits until it is served.
 async fn install_crd(client: &Client) {
     let yaml = std::fs::read_to_string(repo_root().join("crds/debugsession.yaml")).unwrap();
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(&crd.name_any(), &PatchParams::apply("ephemera-e2e").force(), &Patch::Apply(&crd))
         .await
@@ -272,7 +272,7 @@ impl TestEnv {
     }
 
     pub async fn create_session(&self, yaml: &str) -> DebugSession {
-        let session: DebugSession = serde_yaml::from_str(yaml).expect("session YAML");
+        let session: DebugSession = serde_saphyr::from_str(yaml).expect("session YAML");
         self.sessions.create(&PostParams::default(), &session).await.expect("create DebugSession")
     }
 
@@ -295,7 +295,7 @@ impl TestEnv {
             if Instant::now() >= deadline {
                 panic!(
                     "DebugSession {name} never became {what}; last status:\n{}\noperator log:\n{}",
-                    serde_yaml::to_string(&session.and_then(|s| s.status)).unwrap(),
+                    serde_saphyr::to_string(&session.and_then(|s| s.status)).unwrap(),
                     self.operator_log_tail()
                 );
             }
