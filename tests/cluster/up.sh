@@ -189,7 +189,7 @@ check_ports_free() {
   for p in "${!ports[@]}"; do
     name=${ports[$p]}
     if [[ -n $(ss -Hltn "sport = :$p" 2>/dev/null) ]]; then
-      busy+=$'\n'"  port $p (for $name): $(ss -Hltnp "sport = :$p" | awk '{print $4, $6}' | head -n1)"
+      busy+=$'\n'"  port $p (for $name): $(ss -Hltnp "sport = :$p" | awk 'NR == 1 {print $4, $6}')"
     fi
   done
   [[ -z $busy ]] || die "ports needed by the cluster are in use:$busy"$'\n'"  (stop that, or move the cluster with EPHEMERA_*_PORT, see README.md)"
