@@ -19,7 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
 use crate::debug_container::has_container_from_session;
-use crate::ephemeral_api::{Availability, AvailabilityCache, add_ephemeral_container};
+use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
 use crate::metrics::Metrics;
 use crate::status::{self, Plan, TargetLookup};
 use crate::target::{Failure, pick_pod};
@@ -196,25 +196,27 @@ async fn resolve_target(pods: &Api<Pod>, session: &DebugSession) -> Result<Resol
 /// Maps a refused write to the session's failure, or `None` for errors worth retrying.
 fn failure_of_write(error: &kube::Error) -> Option<Failure> {
     let kube::Error::Api(status) = error else { return None };
-    let reason = match status.code {
-        403 => FailureReason::Forbidden,
-        400 | 422 => FailureReason::Invalid,
-        404 => FailureReason::EphemeralContainersUnavailable,
-        _ => return None,
-    };
-    let message = if reason == FailureReason::EphemeralContainersUnavailable {
-        format!(
-            "the API server answered 404 on pods/ephemeralcontainers ({}): ephemeral containers are disabled for this cluster",
-            status.message
-        )
-    } else {
-        format!("the API server refused the debug container: {}", status.message)
-    };
-    Some(Failure::new(reason, message))
+    match classify_refusal(status) {
+        Refusal::Unavailable(message) => Some(Failure::new(FailureReason::EphemeralContainersUnavailable, message)),
+        Refusal::StalePod => None,
+        Refusal::Other => {
+            let reason = match status.code {
+                403 => FailureReason::Forbidden,
+                400 | 422 => FailureReason::Invalid,
+                _ => return None,
+            };
+            Some(Failure::new(reason, format!("the API server refused the debug container: {}", status.message)))
+        }
+    }
 }
 
 fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+/// Whether the pod changed or went away since it was read, so the plan is made again.
+fn is_stale_pod(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if classify_refusal(status) == Refusal::StalePod)
 }
 
 async fn reconcile(session: Arc<DebugSession>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -315,7 +317,7 @@ async fn decide(
                 current.status = Some(status);
                 resolved = Resolved::Pod(Box::new(updated));
             }
-            Err(error) if is_conflict(&error) && conflicts < CONFLICT_RETRIES => {
+            Err(error) if is_stale_pod(&error) && conflicts < CONFLICT_RETRIES => {
                 ctx.metrics.injections.with_label_values(&["conflict"]).inc();
                 conflicts += 1;
                 tracing::debug!(session = %session.name_any(), conflicts, "pod changed under us; deciding again from fresh state");
@@ -427,6 +429,17 @@ mod tests {
         assert!(failure_of_write(&api(500)).is_none());
         assert!(failure_of_write(&api(409)).is_none());
         assert!(is_conflict(&api(409)));
+        assert!(is_stale_pod(&api(409)));
+        // a 404 that names the pod: the pod went away, which the next plan reports
+        let pod_gone: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "code": 404, "reason": "NotFound", "message": "pods \"web\" not found",
+            "details": { "name": "web", "kind": "pods" },
+        }))
+        .unwrap();
+        let pod_gone = kube::Error::Api(Box::new(pod_gone));
+        assert!(failure_of_write(&pod_gone).is_none());
+        assert!(is_stale_pod(&pod_gone));
+        assert!(!is_stale_pod(&api(404)), "a 404 naming nothing means the subresource is not served");
         assert!(failure_of_write(&api(403)).unwrap().message.contains("nope"));
     }
 }

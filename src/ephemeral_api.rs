@@ -73,6 +73,39 @@ pub fn assess(info: &Info, core_v1: &APIResourceList) -> Availability {
     }
 }
 
+/// What a refused write to `pods/ephemeralcontainers` says about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Ephemeral containers are off; the message says what to change.
+    Unavailable(String),
+    /// The pod changed or went away since it was read: decide again from fresh state.
+    StalePod,
+    /// Refused for this container or this user: RBAC, admission or validation.
+    Other,
+}
+
+/// Classifies a refused write the way `kubectl debug` does: a 404 that names no
+/// object comes from a path the server does not serve, while one that names the
+/// pod means the pod is gone. 1.22-1.24 answer 400 when only the gate is off.
+pub fn classify_refusal(status: &kube::core::Status) -> Refusal {
+    let names_an_object = status.details.as_ref().is_some_and(|d| !d.name.is_empty());
+    let gate_off = match status.code {
+        404 => !names_an_object,
+        400 => status.message.contains("feature EphemeralContainers disabled"),
+        _ => false,
+    };
+    if gate_off {
+        return Refusal::Unavailable(format!(
+            "the API server refused pods/ephemeralcontainers ({}): ephemeral containers are turned off; set the EphemeralContainers=true feature gate on kube-apiserver and on every kubelet (it is off by default before 1.23 and always on from 1.25)",
+            status.message
+        ));
+    }
+    match status.code {
+        404 | 409 => Refusal::StalePod,
+        _ => Refusal::Other,
+    }
+}
+
 /// Availability, asked of the server at most once per `ttl`, so reconciles
 /// never pay for discovery.
 pub struct AvailabilityCache {
@@ -154,23 +187,27 @@ pub async fn add_ephemeral_container(
             pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Json::<()>(patch)).await
         }
         ApiShape::LegacyEphemeralContainers => {
+            // GET for the earlier containers exactly as the server stores them,
+            // PUT at the version the caller decided on: a pod that changed since
+            // (even by gaining this very container) is refused with 409.
             let path = subresource_path(namespace, name);
             let get = http::Request::get(&path).body(Vec::new()).map_err(kube::Error::HttpError)?;
             let mut current: LegacyEphemeralContainers = client.request(get).await?;
-            if !current.ephemeral_containers.iter().any(|c| c.name == container.name) {
-                current.ephemeral_containers.push(container.clone());
-                let body = serde_json::to_vec(&LegacyEphemeralContainers {
-                    api_version: "v1".into(),
-                    kind: "EphemeralContainers".into(),
-                    ..current
-                })
-                .map_err(kube::Error::SerdeError)?;
-                let put = http::Request::put(&path)
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .map_err(kube::Error::HttpError)?;
-                let _: LegacyEphemeralContainers = client.request(put).await?;
+            if pod.metadata.resource_version.is_some() {
+                current.metadata.resource_version.clone_from(&pod.metadata.resource_version);
             }
+            current.ephemeral_containers.push(container.clone());
+            let body = serde_json::to_vec(&LegacyEphemeralContainers {
+                api_version: "v1".into(),
+                kind: "EphemeralContainers".into(),
+                ..current
+            })
+            .map_err(kube::Error::SerdeError)?;
+            let put = http::Request::put(&path)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .map_err(kube::Error::HttpError)?;
+            let _: LegacyEphemeralContainers = client.request(put).await?;
             pods.get(name).await
         }
     }
@@ -240,10 +277,12 @@ mod tests {
             std::fs::read(format!("{FIXTURES}{name}")).unwrap()
         }
 
+        /// The pod as the caller read it, at the version of the GET fixture.
         fn web_pod() -> Pod {
             let mut pod = Pod::default();
             pod.metadata.name = Some("web".into());
             pod.metadata.namespace = Some("default".into());
+            pod.metadata.resource_version = Some("48213".into());
             pod
         }
 
@@ -288,7 +327,7 @@ mod tests {
             let put: serde_json::Value = serde_json::from_slice(&server.await.unwrap()).unwrap();
             assert_eq!(put["kind"], "EphemeralContainers");
             assert_eq!(put["apiVersion"], "v1");
-            assert_eq!(put["metadata"]["resourceVersion"], "48213", "the PUT must carry the version it read");
+            assert_eq!(put["metadata"]["resourceVersion"], "48213", "the PUT must carry the version the caller read");
             let recorded: serde_json::Value = serde_json::from_slice(&fixture("get-ephemeralcontainers.json")).unwrap();
             let sent = put["ephemeralContainers"].as_array().unwrap();
             assert_eq!(sent.len(), 2);
@@ -298,18 +337,22 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn container_already_present_is_not_written_again() {
+        async fn put_carries_the_callers_version_even_when_the_server_has_a_newer_one() {
+            // Since the caller read the pod, someone added containers (this very
+            // name among them): the PUT must not adopt that, but be refused.
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let client = Client::new(service, "default");
             let server = tokio::spawn(async move {
                 expect(&mut handle, Method::GET, PATH, 200, fixture("put-ephemeralcontainers.json")).await;
-                let pod = serde_json::to_vec(&web_pod()).unwrap();
-                expect(&mut handle, Method::GET, "/api/v1/namespaces/default/pods/web", 200, pod).await;
+                expect(&mut handle, Method::PUT, PATH, 409, fixture("conflict.json")).await
             });
-            add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
-                .await
-                .unwrap();
-            server.await.unwrap();
+            let error =
+                add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
+                    .await
+                    .unwrap_err();
+            assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error:?}");
+            let put: serde_json::Value = serde_json::from_slice(&server.await.unwrap()).unwrap();
+            assert_eq!(put["metadata"]["resourceVersion"], "48213", "the version the caller read, not 48260");
         }
 
         #[tokio::test]
@@ -357,6 +400,35 @@ mod tests {
             assert_eq!(patch[1]["path"], "/spec/ephemeralContainers/-", "appended after the existing one");
             assert_eq!(patch[1]["value"]["name"], "debugger-abcde");
             assert_eq!(patch.as_array().unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn refusals_are_told_apart_like_kubectl_does() {
+        let status = |code: u16, message: &str, named: Option<&str>| -> kube::core::Status {
+            let details = named.map(|name| serde_json::json!({ "name": name, "kind": "pods" }));
+            serde_json::from_value(serde_json::json!({ "code": code, "message": message, "details": details })).unwrap()
+        };
+        let unavailable = |r: &Refusal| matches!(r, Refusal::Unavailable(m) if m.contains("EphemeralContainers=true"));
+        let cases = [
+            // (code, message, details.name, expected)
+            (404, "the server could not find the requested resource", None, "unavailable"),
+            (404, "pods \"web\" not found", Some("web"), "stale"),
+            (409, "the object has been modified", Some("web"), "stale"),
+            (400, "feature EphemeralContainers disabled", None, "unavailable"),
+            (400, "some other bad request", None, "other"),
+            (403, "forbidden", Some("web"), "other"),
+            (422, "Pod \"web\" is invalid", Some("web"), "other"),
+        ];
+        for (code, message, named, expected) in cases {
+            let refusal = classify_refusal(&status(code, message, named));
+            let got = match &refusal {
+                r if unavailable(r) => "unavailable",
+                Refusal::StalePod => "stale",
+                Refusal::Other => "other",
+                Refusal::Unavailable(_) => "unavailable without advice",
+            };
+            assert_eq!(got, expected, "{code} {message:?} {named:?}: {refusal:?}");
         }
     }
 

@@ -2,9 +2,9 @@
 //! (tests/cluster, full mode: kube-apiserver, kubelet, containerd).
 
 mod admission;
+mod api_proxy;
 mod common;
 mod failures;
-mod gate_off;
 mod in_cluster;
 mod interactive;
 mod leader;
