@@ -261,6 +261,11 @@ pub struct DebugSessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
 
+    /// The kubelet's reason for the exit (e.g. Completed, Error, OOMKilled), once Terminated.
+    /// `reason` is kept for the fixed set of failure reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+
     /// When the current debug container started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

@@ -197,6 +197,12 @@ fn describe_container(
     let pod_name = status.pod_name.clone().unwrap_or_default();
     let pod = match target {
         TargetLookup::Found(pod) => pod,
+        // A container that finished stays finished when its pod goes away later.
+        TargetLookup::Failed(failure) if record.state == ContainerState::Terminated => {
+            let mut status = describe_terminated(status, record, now);
+            status.message = Some(format!("{}; since then, {}", status.message.unwrap_or_default(), failure.message));
+            return status;
+        }
         TargetLookup::Failed(failure) => return fail(status, failure.clone()),
     };
     if status.target_container_name.is_none() {
@@ -217,19 +223,7 @@ fn describe_container(
             status.attach_command = Some(attach);
             status
         }
-        ContainerState::Terminated => {
-            status.phase = Some(Phase::Terminated);
-            status.exit_code = record.exit_code;
-            status.started_at = record.started_at.clone();
-            status.finished_at = record.finished_at.clone().or(Some(Time(now)));
-            status.message = Some(format!(
-                "debug container {} exited with code {}{}; {NOT_ATTACHABLE_HINT}",
-                record.name,
-                record.exit_code.unwrap_or_default(),
-                record.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
-            ));
-            status
-        }
+        ContainerState::Terminated => describe_terminated(status, record, now),
         ContainerState::Unknown | ContainerState::Waiting => {
             if pod.metadata.uid.is_some() && !crate::target::is_running(pod) {
                 let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
@@ -272,11 +266,31 @@ fn describe_container(
     }
 }
 
+fn describe_terminated(
+    mut status: DebugSessionStatus,
+    record: &DebugContainerStatus,
+    now: Timestamp,
+) -> DebugSessionStatus {
+    status.phase = Some(Phase::Terminated);
+    status.exit_code = record.exit_code;
+    status.exit_reason = record.reason.clone();
+    status.started_at = record.started_at.clone();
+    status.finished_at = record.finished_at.clone().or(Some(Time(now)));
+    status.message = Some(format!(
+        "debug container {} exited with code {}{}; {NOT_ATTACHABLE_HINT}",
+        record.name,
+        record.exit_code.unwrap_or_default(),
+        record.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    ));
+    status
+}
+
 fn clear_current(status: &mut DebugSessionStatus) {
     status.reason = None;
     status.attach_command = None;
     status.waiting_reason = None;
     status.exit_code = None;
+    status.exit_reason = None;
     status.started_at = None;
     status.finished_at = None;
 }

@@ -187,6 +187,12 @@ fn plans_follow_the_pod_and_the_kubelet() {
         ("pinned pod deleted",
             session(0, Some(one_running.clone())), Err(gone.clone()), None, 10,
             want(Phase::Failed, Some("debugger-abcde"))),
+        ("a finished session stays Terminated when its pod is deleted later",
+            session(0, Some(one_terminated.clone())), Err(gone.clone()), None, 10,
+            want(Phase::Terminated, Some("debugger-abcde"))),
+        ("raising the attempt after the pod was deleted is TargetGone",
+            session(1, Some(one_terminated.clone())), Err(gone.clone()), None, 10,
+            Want { attempt: 1, ..failed(R::TargetGone) }),
         ("target gone is permanent",
             session(3, Some(gone_status)), Ok(pod("Running", &[])), None, 10,
             failed(R::TargetGone)),
@@ -324,4 +330,20 @@ fn transitions_tell_the_story() {
     assert_eq!(reasons(&injected_status, &running_status), vec![("Running".to_string(), false)]);
     assert_eq!(reasons(&running_status, &running_status), vec![]);
     assert_eq!(reasons(&pending, &failed_status), vec![("Forbidden".to_string(), true)]);
+}
+
+#[test]
+fn terminated_status_keeps_its_times_when_the_pod_goes_away() {
+    let mut finished = record("debugger-abcde", 0, ContainerState::Terminated);
+    finished.exit_code = Some(3);
+    finished.reason = Some("Error".into());
+    finished.finished_at = Some(Time(at(9)));
+    let s = session(0, Some(injected(vec![finished], 0, Phase::Terminated)));
+    let gone = Failure::new(FailureReason::TargetGone, "pod web was deleted");
+    let status = plan(&s, TargetLookup::Failed(&gone), None, at(500)).status().clone();
+    assert_eq!(status.phase, Some(Phase::Terminated));
+    assert_eq!((status.exit_code, status.exit_reason.as_deref()), (Some(3), Some("Error")));
+    assert_eq!(status.finished_at, Some(Time(at(9))), "ttlSecondsAfterFinished counts from the exit, not from now");
+    assert_eq!(status.reason, None);
+    assert!(status.message.unwrap().ends_with("since then, pod web was deleted"));
 }

@@ -141,7 +141,7 @@ async fn deleted_or_replaced_pod_is_target_gone() {
     env.pods.delete("web", &DeleteParams::default().grace_period(0)).await.unwrap();
     expect_failure(&env, "orphan", FailureReason::TargetGone, "pod web was deleted").await;
 
-    // A pod of the same name is another pod: the pinned UID tells them apart.
+    // A new pod of the same name does not revive the session.
     env.wait_pod_gone("web").await;
     env.running_pod("web", &["app"], &[]).await;
     let (ok, out) = kubectl_patch_session(None, &env.namespace, "orphan", r#"{"spec":{"attempt":1}}"#);
@@ -150,6 +150,44 @@ async fn deleted_or_replaced_pod_is_target_gone() {
     let session = env.sessions.get("orphan").await.unwrap();
     assert_eq!(session.status.unwrap().reason, Some(FailureReason::TargetGone), "TargetGone is permanent");
     assert!(env.ephemeral_names("web").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_replaced_while_the_operator_was_down_is_target_gone() {
+    let mut env = TestEnv::new("replaced").await;
+    env.running_pod("api", &["app"], &[]).await;
+    env.create_session(&sleeping_session("swapped", "{ pod: api }", "")).await;
+    env.wait_phase("swapped", Phase::Running).await;
+    // The operator never sees the deletion: only the pinned UID can tell the pods apart.
+    env.operator.as_mut().unwrap().kill();
+    env.pods.delete("api", &DeleteParams::default().grace_period(0)).await.unwrap();
+    env.wait_pod_gone("api").await;
+    env.running_pod("api", &["app"], &[]).await;
+    env.start_operator("admin");
+    expect_failure(&env, "swapped", FailureReason::TargetGone, "pod api was replaced by a new pod of the same name")
+        .await;
+    assert!(env.ephemeral_names("api").await.is_empty(), "nothing goes into the new pod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_session_stays_terminated_when_its_pod_goes() {
+    let env = TestEnv::new("outlived").await;
+    env.running_pod("batch", &["app"], &[]).await;
+    env.create_session(
+        "metadata: { name: done }\nspec:\n  target: { pod: batch }\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sh\", \"-c\", \"exit 2\"]\n",
+    )
+    .await;
+    let finished = env.wait_phase("done", Phase::Terminated).await.status.unwrap().finished_at;
+    env.pods.delete("batch", &DeleteParams::default().grace_period(0)).await.unwrap();
+    let session = env
+        .wait_session("done", "the deletion noted", Duration::from_secs(60), |s| {
+            s.status.as_ref().and_then(|st| st.message.as_deref()).is_some_and(|m| m.contains("since then, pod batch"))
+        })
+        .await;
+    let status = session.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Terminated));
+    assert_eq!(status.exit_code, Some(2));
+    assert_eq!(status.finished_at, finished, "ttlSecondsAfterFinished still counts from the exit");
 }
 
 /// Removes a static pod manifest from the kubelet's directory, even when the test fails.

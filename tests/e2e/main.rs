@@ -52,6 +52,7 @@ spec:
     assert_eq!(status.pod_uid, env.pods.get("web").await.unwrap().metadata.uid);
     assert_eq!(status.target_container_name.as_deref(), Some("app"), "defaults to the first container");
     assert_eq!(status.exit_code, Some(3));
+    assert_eq!(status.exit_reason.as_deref(), Some("Error"), "the kubelet's reason");
     assert!(status.finished_at.is_some() && status.started_at.is_some());
     assert_eq!(status.attach_command, None);
     assert!(status.message.as_deref().unwrap().contains("cannot be restarted or removed"));
