@@ -12,9 +12,10 @@ mod plugin;
 
 use std::time::Duration;
 
-use common::{TestEnv, kubectl, kubectl_patch_session, sleeping_session};
+use common::{IMAGE, TestEnv, kubectl, kubectl_patch_session, sleeping_session};
 use ephemera::crd::{ContainerState, Phase};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
 
 fn condition(session: &ephemera::crd::DebugSession, type_: &str) -> String {
     let status = session.status.as_ref().expect("status");
@@ -176,6 +177,24 @@ async fn selector_picks_a_running_ready_pod_and_pins_it() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     env.running_pod("new", &["app"], &[("app", "web")]).await;
     env.running_pod("other", &["app"], &[("app", "db")]).await;
+    // The newest of all runs but is never Ready: Ready wins over new.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unready: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "newest-unready", "labels": { "app": "web" } },
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "app", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sleep", "600"],
+                "readinessProbe": { "exec": { "command": ["false"] }, "periodSeconds": 1 },
+            }],
+        }
+    }))
+    .unwrap();
+    env.pods.create(&PostParams::default(), &unready).await.unwrap();
+    env.wait_pod("newest-unready", "Running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
     env.create_session(
         r#"
 metadata: { name: pick }
@@ -192,6 +211,7 @@ spec:
     assert_eq!(status.pod_name.as_deref(), Some("new"), "the newest Ready pod");
     assert_eq!(env.ephemeral_names("new").await.len(), 1);
     assert!(env.ephemeral_names("old").await.is_empty());
+    assert!(env.ephemeral_names("newest-unready").await.is_empty());
     env.expect_events("pick", &["TargetSelected"]).await;
 }
 
