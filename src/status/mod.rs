@@ -56,8 +56,14 @@ pub fn plan(session: &DebugSession, target: TargetLookup, unavailable: Option<&F
         record_kubelet_states(session, pod, &mut status.containers, now);
     }
 
-    // A failure of this attempt stands until spec.attempt is raised.
-    if prior.phase == Some(Phase::Failed) && prior.attempt == spec.attempt {
+    // A failure of this attempt stands until spec.attempt is raised, except a
+    // start timeout that the kubelet overtook: a container that did start
+    // after all is reported as it is.
+    let started_late = prior.reason == Some(FailureReason::StartTimeout)
+        && status.containers.iter().any(|c| {
+            c.attempt == spec.attempt && matches!(c.state, ContainerState::Running | ContainerState::Terminated)
+        });
+    if prior.phase == Some(Phase::Failed) && prior.attempt == spec.attempt && !started_late {
         return Plan::Report(finish(status, &prior, now));
     }
 

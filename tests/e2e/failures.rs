@@ -1,11 +1,12 @@
 //! Every `Failed` reason, provoked on the real cluster.
 
+use std::process::Command;
 use std::time::Duration;
 
 use ephemera::crd::{FailureReason, Phase};
 use kube::api::{DeleteParams, PostParams};
 
-use crate::common::{TestEnv, grant, kubectl_patch_session, sleeping_session};
+use crate::common::{TestEnv, grant, kubectl_patch_session, repo_root, sleeping_session};
 
 async fn expect_failure(
     env: &TestEnv,
@@ -130,6 +131,41 @@ async fn container_that_never_starts_shows_why_and_times_out() {
     assert!(status.message.unwrap().contains("waiting: ErrImageNeverPull"));
     let injected = status.conditions.iter().find(|c| c.type_ == "Injected").unwrap();
     assert_eq!(injected.status, "True");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_that_starts_after_its_timeout_is_reported_as_it_is() {
+    let env = TestEnv::new("late-start").await;
+    env.running_pod("web", &["app"], &[]).await;
+    // A tag no earlier run imported, so the kubelet cannot start the container yet.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let image = format!("localhost/late-{nanos}:1");
+    env.create_session(&format!(
+        "metadata: {{ name: late }}\nspec:\n  target: {{ pod: web }}\n  image: {image}\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n  startTimeoutSeconds: 3\n"
+    ))
+    .await;
+    expect_failure(&env, "late", FailureReason::StartTimeout, "did not start within 3s").await;
+
+    // The image arrives; the kubelet starts the container on its next try.
+    let archive = repo_root().join(format!("target/e2e-image/late-{nanos}.tar"));
+    std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    let built = Command::new("python3")
+        .arg(repo_root().join("tests/cluster/hack/mkimage.py"))
+        .args(["--busybox", "--tag", &image, "--cmd", "sh", "--out"])
+        .arg(&archive)
+        .status()
+        .unwrap();
+    assert!(built.success(), "mkimage.py");
+    let imported = Command::new(repo_root().join("tests/cluster/import-image.sh")).arg(&archive).status().unwrap();
+    assert!(imported.success(), "import-image.sh");
+    let _ = std::fs::remove_file(&archive);
+
+    let session = env.wait_phase("late", Phase::Running).await;
+    let status = session.status.unwrap();
+    assert_eq!(status.reason, None);
+    assert!(status.attach_command.is_some());
+    assert_eq!(status.containers.len(), 1, "the same container, not a new one");
+    env.expect_events("late", &["StartTimeout", "Running"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
