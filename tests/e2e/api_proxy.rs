@@ -5,6 +5,8 @@
 //! the real 1.34 API server through a loopback proxy that changes exactly one
 //! thing, by [`Mode`]; everything else passes through unchanged.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use ephemera::crd::{FailureReason, Phase};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 use crate::common::{Operator, TestEnv, kubectl};
 
@@ -27,10 +29,20 @@ enum Mode {
     /// The target pod is deleted between the operator's read and its write,
     /// so the write gets the real server's 404 that names the pod.
     PodDeletedBeforeWrite,
+    /// Someone else adds an ephemeral container between the operator's read
+    /// and its first write, so that write gets the real server's 409.
+    RivalBeforeFirstWrite,
 }
 
-async fn forward(State((client, mode)): State<(kube::Client, Mode)>, request: Request) -> Response {
-    match try_forward(client, mode, request).await {
+#[derive(Clone)]
+struct Proxy {
+    client: kube::Client,
+    mode: Mode,
+    rival_added: Arc<AtomicBool>,
+}
+
+async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
+    match try_forward(proxy, request).await {
         Ok(response) => response,
         Err(error) => (http::StatusCode::BAD_GATEWAY, format!("test proxy: {error}")).into_response(),
     }
@@ -44,14 +56,15 @@ fn failure(code: http::StatusCode, reason: &str, message: &str) -> Response {
     (code, status.to_string()).into_response()
 }
 
-async fn try_forward(
-    client: kube::Client,
-    mode: Mode,
-    request: Request,
-) -> Result<Response, Box<dyn std::error::Error>> {
+async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, Box<dyn std::error::Error>> {
+    let Proxy { client, mode, rival_added } = proxy;
     let path = request.uri().path().to_string();
     let write = request.method() != http::Method::GET;
     if let Some(pod_path) = path.strip_suffix("/ephemeralcontainers") {
+        // /api/v1/namespaces/NS/pods/NAME
+        let parts: Vec<&str> = pod_path.rsplit('/').collect();
+        let (name, namespace) = (parts[0], parts[2]);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         match mode {
             Mode::GateOff => {
                 let message = "the server could not find the requested resource";
@@ -61,11 +74,14 @@ async fn try_forward(
                 let message = "feature EphemeralContainers disabled";
                 return Ok(failure(http::StatusCode::BAD_REQUEST, "BadRequest", message));
             }
+            Mode::RivalBeforeFirstWrite if write && !rival_added.swap(true, Ordering::SeqCst) => {
+                let rival = serde_json::json!({ "spec": { "ephemeralContainers": [{
+                    "name": "rival", "image": crate::common::IMAGE, "imagePullPolicy": "Never",
+                    "command": ["sleep", "600"], "stdin": false, "tty": false,
+                }]}});
+                pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Strategic(rival)).await?;
+            }
             Mode::PodDeletedBeforeWrite if write => {
-                // /api/v1/namespaces/NS/pods/NAME
-                let parts: Vec<&str> = pod_path.rsplit('/').collect();
-                let (name, namespace) = (parts[0], parts[2]);
-                let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
                 pods.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
                 while pods.get_opt(name).await?.is_some() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -102,7 +118,8 @@ async fn env_behind_proxy(name: &str, mode: Mode) -> TestEnv {
     let mut env = TestEnv::without_operator(name, &[]).await;
     env.running_pod("web", &["app"], &[]).await;
     let client = crate::common::client_for("admin").await;
-    let app = axum::Router::new().fallback(forward).with_state((client, mode));
+    let proxy = Proxy { client, mode, rival_added: Arc::default() };
+    let app = axum::Router::new().fallback(forward).with_state(proxy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -158,4 +175,15 @@ async fn pod_deleted_between_read_and_write_is_not_found() {
     // The write's 404 names the pod: it went away, ephemeral containers did not.
     let message = failure_of_dbg(&env, FailureReason::TargetNotFound).await;
     assert!(message.contains("pod web does not exist"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_refused_for_a_concurrent_change_is_retried_from_fresh_state() {
+    let env = env_behind_proxy("rival", Mode::RivalBeforeFirstWrite).await;
+    let session = env.wait_phase("dbg", Phase::Running).await;
+    let name = session.status.unwrap().container_name.unwrap();
+    // The rival's container stays; ours went in after it, once.
+    assert_eq!(env.ephemeral_names("web").await, vec!["rival".to_string(), name]);
+    let log = std::fs::read_to_string(&env.operator.as_ref().unwrap().log).unwrap();
+    assert!(log.contains("pod changed under us; deciding again from fresh state"), "no conflict was met:\n{log}");
 }
