@@ -443,11 +443,17 @@ pub fn grant(namespace: &str, user: &str, rules: serde_json::Value) {
     );
 }
 
+/// A session that debugs `target` with a busybox running `command` (a YAML
+/// flow sequence); `extra` adds spec lines.
+pub fn busybox_session(name: &str, target: &str, command: &str, extra: &str) -> String {
+    format!(
+        "metadata: {{ name: {name} }}\nspec:\n  target: {target}\n  image: {IMAGE}\n  imagePullPolicy: Never\n  command: {command}\n{extra}"
+    )
+}
+
 /// A session that debugs `target` with a busybox sleeping for ten minutes; `extra` adds spec lines.
 pub fn sleeping_session(name: &str, target: &str, extra: &str) -> String {
-    format!(
-        "metadata: {{ name: {name} }}\nspec:\n  target: {target}\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sleep\", \"600\"]\n{extra}"
-    )
+    busybox_session(name, target, r#"["sleep", "600"]"#, extra)
 }
 
 /// `kubectl [--context CONTEXT] patch dbgs SESSION --type=merge -p PATCH`: what a user's edit goes through.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ephemera::crd::{FailureReason, Phase};
 use kube::api::{DeleteParams, PostParams};
 
-use crate::common::{TestEnv, grant, kubectl_patch_session, repo_root, sleeping_session};
+use crate::common::{TestEnv, busybox_session, grant, kubectl_patch_session, repo_root, sleeping_session};
 
 async fn expect_failure(
     env: &TestEnv,
@@ -209,10 +209,7 @@ async fn pod_replaced_while_the_operator_was_down_is_target_gone() {
 async fn finished_session_stays_terminated_when_its_pod_goes() {
     let env = TestEnv::new("outlived").await;
     env.running_pod("batch", &["app"], &[]).await;
-    env.create_session(
-        "metadata: { name: done }\nspec:\n  target: { pod: batch }\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sh\", \"-c\", \"exit 2\"]\n",
-    )
-    .await;
+    env.create_session(&busybox_session("done", "{ pod: batch }", r#"["sh", "-c", "exit 2"]"#, "")).await;
     let finished = env.wait_phase("done", Phase::Terminated).await.status.unwrap().finished_at;
     env.pods.delete("batch", &DeleteParams::default().grace_period(0)).await.unwrap();
     let session = env

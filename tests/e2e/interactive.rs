@@ -4,16 +4,13 @@ use std::time::Duration;
 
 use ephemera::crd::Phase;
 
-use crate::common::{TestEnv, cluster_dir, kubeconfig, kubectl, tmux, tmux_kill, wait_for_screen};
+use crate::common::{TestEnv, busybox_session, cluster_dir, kubeconfig, kubectl, tmux, tmux_kill, wait_for_screen};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interactive_session_is_attached_exited_and_then_not_attachable() {
     let env = TestEnv::new("interactive").await;
     env.running_pod("web", &["app"], &[]).await;
-    env.create_session(
-        "metadata: { name: shell }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n  imagePullPolicy: Never\n  command: [\"sh\"]\n",
-    )
-    .await;
+    env.create_session(&busybox_session("shell", "{ pod: web }", r#"["sh"]"#, "")).await;
     let session = env.wait_phase("shell", Phase::Running).await;
     let status = session.status.unwrap();
     let attach = status.attach_command.clone().unwrap();
