@@ -103,13 +103,11 @@ ensure_binary() {
 
 # ------------------------------------------------------------- processes ---
 STARTED=()
-declare -A STARTED_PID=()
 start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID
   local name=$1; shift
   spawn_daemon "$LOGS/$name.log" "$@"
   echo "$SPAWNED_PID" >"$PIDS/$name.pid"
   STARTED+=("$name")
-  STARTED_PID[$name]=$SPAWNED_PID
 }
 
 # how_it_ended NAME: sets ENDED to "exit status N" or "killed by SIGNAME" for
@@ -117,7 +115,7 @@ start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID
 # this shell may `wait` for its children.
 how_it_ended() {
   local rc=0
-  wait "${STARTED_PID[$1]}" 2>/dev/null || rc=$?
+  wait "$(<"$PIDS/$1.pid")" 2>/dev/null || rc=$?
   if ((rc > 128)); then
     ENDED="killed by SIG$(kill -l $((rc - 128)) 2>/dev/null || echo "$((rc - 128))")"
   else
