@@ -1,37 +1,46 @@
-//! The reconcile loop: resolve the target pod, plan (pure, in `status`),
-//! inject if the plan says so, then publish status and events.
+//! The reconcile shell around the pure steps: decide what to read from the
+//! session ([`reads`]), read it, decide ([`status::decide`]), then carry the
+//! decision out (claim, inject, publish status and events, delete).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
-use kube::runtime::controller::Action;
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::core::Selector;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
-use kube::runtime::{Controller, WatchStreamExt};
+use kube::runtime::reflector;
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
-use crate::debug_container::has_container_from_session;
 use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
+use crate::index::{GuardedSession, TargetIndex};
 use crate::metrics::Metrics;
-use crate::status::{self, Plan, TargetLookup};
-use crate::target::{Failure, pick_pod};
+use crate::reads::{PodReads, Reads, reads_for};
+use crate::server::Health;
+use crate::status::{self, Next, Observed, PodView};
+use crate::target::Failure;
 
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "ephemera";
-/// How often availability of ephemeral containers is asked again.
-const AVAILABILITY_TTL: Duration = Duration::from_secs(300);
-/// Conflicting writers to one pod are retried this often, each time from fresh state.
-const CONFLICT_RETRIES: u32 = 5;
-/// A look at sessions that nothing else woke up, as a safety net.
-const RESYNC: Duration = Duration::from_secs(600);
+/// How long a "not served" answer about ephemeral containers is believed.
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(30);
+/// A reconcile that takes longer is abandoned (and retried): one hung request must not hold a session.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server ends each watch after this long; a dead connection is noticed by then.
+pub const WATCH_TIMEOUT_SECONDS: u32 = 50;
+/// How often one reconcile reads again after its write met a pod that had changed.
+const STALE_POD_RETRIES: u32 = 5;
+/// Reconciles at once: bounds the connections and memory of a burst (a restart with many sessions).
+const CONCURRENCY: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,6 +50,10 @@ pub enum Error {
     MissingField(&'static str),
     #[error("DebugSession changed while it was being reconciled")]
     StaleSession,
+    #[error("reconcile did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("the pod kept changing under {0} writes in a row")]
+    BusyPod(u32),
 }
 
 impl Error {
@@ -51,7 +64,73 @@ impl Error {
             Error::Kube(_) => "kube".into(),
             Error::MissingField(_) => "missing_field".into(),
             Error::StaleSession => "stale_session".into(),
+            Error::Timeout(_) => "timeout".into(),
+            Error::BusyPod(_) => "busy_pod".into(),
         }
+    }
+}
+
+/// What this operator last wrote to each session's status, so that the echo
+/// of its own write wakes nothing, and so that only a status it wrote (or
+/// checked) itself may spare a finished session its reads.
+#[derive(Default)]
+struct OwnWrites {
+    by_uid: Mutex<HashMap<String, (Option<String>, u64)>>,
+}
+
+fn status_hash(status: Option<&DebugSessionStatus>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_vec(&status).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
+}
+
+impl OwnWrites {
+    fn entry(&self, session: &DebugSession) -> Option<(Option<String>, u64)> {
+        let uid = session.metadata.uid.as_ref()?;
+        self.by_uid.lock().expect("own writes lock").get(uid).cloned()
+    }
+
+    /// The watch event that our own status write caused: nothing new in it.
+    fn is_echo(&self, session: &DebugSession) -> bool {
+        let rv = session.metadata.resource_version.as_ref();
+        self.entry(session).is_some_and(|(written, _)| written.as_ref() == rv && rv.is_some())
+    }
+
+    fn status_is_own(&self, session: &DebugSession) -> bool {
+        self.entry(session).is_some_and(|(_, hash)| hash == status_hash(session.status.as_ref()))
+    }
+
+    fn record(&self, session: &DebugSession, resource_version: Option<String>, status: &DebugSessionStatus) {
+        if let Some(uid) = &session.metadata.uid {
+            let entry = (resource_version, status_hash(Some(status)));
+            self.by_uid.lock().expect("own writes lock").insert(uid.clone(), entry);
+        }
+    }
+
+    fn forget(&self, uid: &str) {
+        self.by_uid.lock().expect("own writes lock").remove(uid);
+    }
+}
+
+/// Per-session exponential backoff after errors: 0.25 s doubling up to 5 minutes.
+#[derive(Default)]
+struct Backoffs {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoffs {
+    fn next(&self, uid: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("backoff lock");
+        let count = failures.entry(uid.to_string()).or_default();
+        *count = count.saturating_add(1);
+        let base = Duration::from_millis(250).saturating_mul(1 << (*count - 1).min(11)).min(Duration::from_secs(300));
+        // Up to 10 % jitter, so that sessions that failed together do not retry together.
+        let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs()) % 100;
+        base + base.mul_f64(jitter as f64 / 1000.0)
+    }
+
+    fn reset(&self, uid: &str) {
+        self.failures.lock().expect("backoff lock").remove(uid);
     }
 }
 
@@ -60,6 +139,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub availability: Arc<AvailabilityCache>,
+    pub index: TargetIndex,
+    own: OwnWrites,
+    backoff: Backoffs,
+    /// (uid, error) of undecodable sessions already reported, so each is reported once.
+    undecodable: Mutex<HashSet<(String, String)>>,
 }
 
 impl Context {
@@ -67,195 +151,347 @@ impl Context {
         let reporter: Reporter = "ephemera".into();
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            availability: AvailabilityCache::new(client.clone(), AVAILABILITY_TTL),
+            availability: AvailabilityCache::new(client.clone(), RETRY_UNAVAILABLE),
+            index: TargetIndex::default(),
+            own: OwnWrites::default(),
+            backoff: Backoffs::default(),
+            undecodable: Mutex::default(),
             client,
             metrics,
         })
     }
 }
 
+/// Fails unless the DebugSession CRD is served, with what to do about it.
+pub async fn check_crd_served(client: &Client, namespace: Option<&str>) -> Result<(), String> {
+    let sessions: Api<PartialObjectMeta<DebugSession>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match sessions.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(format!(
+            "the API server does not serve {}/{} debugsessions: install the CRD first (`ephemera crd | kubectl apply --server-side -f -`, or `ephemera crd --kubernetes-version X.Y` for clusters older than 1.28)",
+            DebugSession::group(&()),
+            DebugSession::version(&())
+        )),
+        Err(error) => Err(format!("cannot list DebugSessions: {error}")),
+    }
+}
+
+/// Logs each distinct watch error once (at warn), never a response body.
+#[derive(Default)]
+struct WatchErrors {
+    seen: Mutex<HashSet<String>>,
+}
+
+impl WatchErrors {
+    fn report(&self, stream: &str, error: &dyn std::fmt::Display) {
+        let mut text = error.to_string();
+        if text.len() > 300 {
+            let mut end = 300;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        let mut seen = self.seen.lock().expect("watch errors lock");
+        if seen.len() < 1000 && seen.insert(format!("{stream}: {text}")) {
+            tracing::warn!(stream, error = %text, "watch failed; retrying with backoff (each distinct error is logged once)");
+        }
+    }
+}
+
 /// Runs the controller until a termination signal arrives.
-pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics>) {
-    let (sessions, pods): (Api<DebugSession>, Api<PartialObjectMeta<Pod>>) = match &namespace {
+pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics>, health: Arc<Health>) {
+    let (sessions, pods): (Api<GuardedSession>, Api<PartialObjectMeta<Pod>>) = match &namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(sessions, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    // Pod metadata only, and no cache of it: a pod event is mapped to the
-    // sessions that target the pod and then dropped.
-    let pod_events = watcher::watcher(pods, watcher::Config::default()).touched_objects();
-    controller
-        .watches_stream(pod_events, move |pod| sessions_for_pod(&store, &pod))
+    let ctx = Context::new(client, metrics);
+    let errors = Arc::new(WatchErrors::default());
+    let config = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
+
+    let (reader, writer) = reflector::store::<GuardedSession>();
+    let session_events = {
+        let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
+        let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
+        watcher(sessions, config.clone())
+            .default_backoff()
+            .reflect(writer)
+            .inspect(move |event| match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => index_ctx.index.apply(object),
+                Ok(watcher::Event::Delete(object)) => {
+                    index_ctx.index.remove(object);
+                    if let Some(uid) = object.meta().uid.as_deref() {
+                        index_ctx.own.forget(uid);
+                        index_ctx.backoff.reset(uid);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    index_ctx.index.rebuild(reader.state().iter().map(|o| o.as_ref()));
+                    health.sessions_synced.store(true, Ordering::Relaxed);
+                }
+                Ok(watcher::Event::Init) => {}
+                Err(error) => errors.report("debugsessions", error),
+            })
+            .applied_objects()
+            // The echo of our own status write brings nothing new.
+            .try_filter(move |object| {
+                future::ready(object.0.as_ref().map_or(true, |session| !filter_ctx.own.is_echo(session)))
+            })
+    };
+    let pod_events = {
+        let (health, errors) = (health.clone(), errors.clone());
+        // Pod metadata only, and no cache of it: a pod event is mapped to the
+        // sessions that still care about the pod, then dropped.
+        watcher(pods, config)
+            .default_backoff()
+            .inspect(move |event| match event {
+                Ok(watcher::Event::InitDone) => health.pods_synced.store(true, Ordering::Relaxed),
+                Err(error) => errors.report("pods", error),
+                Ok(_) => {}
+            })
+            .touched_objects()
+    };
+    let mapper_ctx = ctx.clone();
+    Controller::for_stream(session_events, reader)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
+            let meta = &pod.metadata;
+            let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+                return Vec::new();
+            };
+            mapper_ctx.metrics.listening_sessions.set(mapper_ctx.index.len() as i64);
+            mapper_ctx.index.sessions_for(namespace, name, meta.labels.as_ref())
+        })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Context::new(client, metrics))
-        .for_each(|result| async move {
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
             if let Err(error) = result {
-                tracing::debug!(%error, "reconcile loop");
+                match error {
+                    controller::Error::QueueError(error) => errors.report("controller", &error),
+                    controller::Error::ObjectNotFound(_) => {}
+                    other => tracing::debug!(error = %other, "reconcile loop"),
+                }
             }
+            future::ready(())
         })
         .await;
 }
 
-fn sessions_for_pod(store: &Store<DebugSession>, pod: &PartialObjectMeta<Pod>) -> Vec<ObjectRef<DebugSession>> {
-    let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
-        return Vec::new();
-    };
-    let empty = BTreeMap::new();
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-    store
-        .state()
-        .iter()
-        .filter(|session| targets_pod(session, namespace, name, labels))
-        .map(|session| ObjectRef::from_obj(session.as_ref()))
-        .collect()
-}
-
-/// Whether a change of the pod `namespace/name` may matter to `session`.
-pub fn targets_pod(session: &DebugSession, namespace: &str, name: &str, labels: &BTreeMap<String, String>) -> bool {
-    if session.metadata.namespace.as_deref() != Some(namespace) {
-        return false;
-    }
-    let status = session.status.as_ref();
-    if status.and_then(|s| s.pod_name.as_deref()) == Some(name) {
-        return true;
-    }
-    let target = &session.spec.target;
-    if target.pod.as_deref() == Some(name) {
-        return true;
-    }
-    let pinned = status.is_some_and(|s| !s.containers.is_empty());
-    !pinned && target.selector.clone().and_then(|s| Selector::try_from(s).ok()).is_some_and(|s| s.matches(labels))
-}
-
-/// The target pod as found, or why not.
-enum Resolved {
-    Pod(Box<Pod>),
-    Failed(Failure),
-}
-
-impl Resolved {
-    fn lookup(&self) -> TargetLookup<'_> {
-        match self {
-            Resolved::Pod(pod) => TargetLookup::Found(pod),
-            Resolved::Failed(failure) => TargetLookup::Failed(failure),
-        }
-    }
-}
-
-async fn resolve_target(pods: &Api<Pod>, session: &DebugSession) -> Result<Resolved, Error> {
-    let status = session.status.clone().unwrap_or_default();
-    if let (Some(name), Some(uid)) = (&status.pod_name, &status.pod_uid) {
-        let pinned = pods.get_opt(name).await?;
-        let same_pod = pinned.as_ref().is_some_and(|p| p.metadata.uid.as_ref() == Some(uid));
-        let session_uid = session.metadata.uid.as_deref().unwrap_or_default();
-        // Once a container is in a pod, the session belongs to that very pod. A
-        // container without a record (a crash after the patch) counts too.
-        let injected = !status.containers.is_empty()
-            || (same_pod && pinned.as_ref().is_some_and(|p| has_container_from_session(p, session_uid)));
-        if injected {
-            return Ok(match pinned {
-                Some(pod) if same_pod => Resolved::Pod(Box::new(pod)),
-                Some(_) => Resolved::Failed(Failure::new(
-                    FailureReason::TargetGone,
-                    format!(
-                        "pod {name} was replaced by a new pod of the same name; its debug containers went with the old one"
-                    ),
-                )),
-                None => Resolved::Failed(Failure::new(FailureReason::TargetGone, format!("pod {name} was deleted"))),
-            });
-        }
-    }
-    let target = &session.spec.target;
-    if let Some(name) = &target.pod {
-        return Ok(match pods.get_opt(name).await? {
-            Some(pod) => Resolved::Pod(Box::new(pod)),
-            None => Resolved::Failed(Failure::new(FailureReason::TargetNotFound, format!("pod {name} does not exist"))),
-        });
-    }
-    let Some(label_selector) = target.selector.clone() else {
-        return Err(Error::MissingField("spec.target.pod or spec.target.selector"));
-    };
-    let selector = match Selector::try_from(label_selector) {
-        Ok(selector) => selector,
-        Err(error) => {
-            return Ok(Resolved::Failed(Failure::new(
-                FailureReason::Invalid,
-                format!("invalid target.selector: {error}"),
-            )));
-        }
-    };
-    let shown = selector.to_string();
-    let candidates = pods.list(&ListParams::default().labels_from(&selector)).await?.items;
-    Ok(match pick_pod(&candidates, &shown) {
-        Ok(pod) => Resolved::Pod(Box::new(pod.clone())),
-        Err(failure) => Resolved::Failed(failure),
-    })
-}
-
-/// Maps a refused write to the session's failure, or `None` for errors worth retrying.
-fn failure_of_write(error: &kube::Error) -> Option<Failure> {
-    let kube::Error::Api(status) = error else { return None };
-    match classify_refusal(status) {
-        Refusal::Unavailable(message) => Some(Failure::new(FailureReason::EphemeralContainersUnavailable, message)),
-        Refusal::StalePod => None,
-        Refusal::Other => {
-            let reason = match status.code {
-                403 => FailureReason::Forbidden,
-                400 | 422 => FailureReason::Invalid,
-                _ => return None,
-            };
-            Some(Failure::new(reason, format!("the API server refused the debug container: {}", status.message)))
-        }
-    }
-}
-
-fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 409)
-}
-
-/// Whether the pod changed or went away since it was read, so the plan is made again.
-fn is_stale_pod(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if classify_refusal(status) == Refusal::StalePod)
-}
-
-async fn reconcile(session: Arc<DebugSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(object: Arc<GuardedSession>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_duration.with_label_values(&[] as &[&str]).start_timer();
     ctx.metrics.reconciliations.inc();
+    let session = match &object.0 {
+        Ok(session) => session,
+        Err(invalid) => return report_undecodable(&ctx, invalid).await,
+    };
+    let uid = session.metadata.uid.clone().unwrap_or_default();
+    let action = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_session(session, &ctx))
+        .await
+        .map_err(|_| Error::Timeout(RECONCILE_TIMEOUT))??;
+    ctx.backoff.reset(&uid);
+    Ok(action)
+}
+
+/// What was read for one reconcile.
+struct Inputs {
+    pods: Option<Vec<Pod>>,
+    named: Option<String>,
+    availability: Option<Availability>,
+}
+
+impl Inputs {
+    fn observed(&self, now: Timestamp) -> Observed<'_> {
+        let pods = match (&self.named, &self.pods) {
+            (Some(name), Some(pods)) => PodView::Named { name, pod: pods.first() },
+            (None, Some(pods)) => PodView::Selected(pods),
+            (_, None) => PodView::NotRead,
+        };
+        Observed { pods, availability: self.availability.as_ref(), now }
+    }
+}
+
+async fn read(ctx: &Context, pods: &Api<Pod>, reads: &Reads) -> Result<Inputs, Error> {
+    let availability = if reads.availability {
+        let cached = ctx.availability.get().await?;
+        Some(cached)
+    } else {
+        None
+    };
+    let (named, pods) = match &reads.pods {
+        PodReads::None => (None, None),
+        PodReads::Named(name) => {
+            ctx.metrics.request("get", "pods");
+            (Some(name.clone()), Some(pods.get_opt(name).await?.into_iter().collect()))
+        }
+        PodReads::Selected(selector) => {
+            ctx.metrics.request("list", "pods");
+            let selector = Selector::try_from(selector.clone()).map_err(|_| Error::MissingField("a valid selector"))?;
+            (None, Some(pods.list(&ListParams::default().labels_from(&selector)).await?.items))
+        }
+    };
+    Ok(Inputs { pods, named, availability })
+}
+
+async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Action, Error> {
     let namespace = session.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = session.name_any();
     let sessions: Api<DebugSession> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Timestamp::now();
-    let old_status = session.status.clone().unwrap_or_default();
 
-    if let Some(deadline) = status::ttl_deadline(&session, &old_status)
-        && now >= deadline
-    {
-        tracing::info!(session = %name, %namespace, "deleting finished DebugSession after ttlSecondsAfterFinished");
-        sessions.delete(&name, &DeleteParams::background()).await?;
-        return Ok(Action::await_change());
+    let reads = reads_for(session, ctx.own.status_is_own(session));
+    let mut inputs = read(ctx, &pods, &reads).await?;
+    let mut current = session.clone();
+    let mut decision = status::decide(&current, &inputs.observed(now));
+    let mut stale_pods = 0;
+    let mut looked_again = false;
+    loop {
+        match decision.next {
+            Next::Wait => {
+                publish_status(ctx, &sessions, &current, &decision.status, false).await?;
+                let requeue = status::requeue_after(&current, &decision.status, now);
+                return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
+            }
+            Next::Delete => {
+                tracing::info!(session = %current.name_any(), %namespace, "deleting finished DebugSession after ttlSecondsAfterFinished");
+                ctx.metrics.request("delete", "debugsessions");
+                // Only the version that was judged finished: a renew in between wins.
+                let preconditions = Preconditions {
+                    uid: current.metadata.uid.clone(),
+                    resource_version: current.metadata.resource_version.clone(),
+                };
+                let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::background() };
+                return match sessions.delete(&current.name_any(), &params).await {
+                    Ok(_) => Ok(Action::await_change()),
+                    Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::StaleSession),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(Action::await_change()),
+                    Err(error) => Err(error.into()),
+                };
+            }
+            Next::LookAgain if !looked_again => {
+                looked_again = true;
+                current.metadata.resource_version =
+                    publish_status(ctx, &sessions, &current, &decision.status, false).await?;
+                current.status = Some(decision.status);
+                let reads = reads_for(&current, true);
+                inputs = read(ctx, &pods, &reads).await?;
+                decision = status::decide(&current, &inputs.observed(now));
+            }
+            Next::LookAgain => {
+                publish_status(ctx, &sessions, &current, &decision.status, false).await?;
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Next::Inject { pod, container } => {
+                // The claim: written only if the session is unchanged since it was read,
+                // so a deleted session, or one another operator claimed, gets nothing.
+                current.metadata.resource_version =
+                    match publish_status(ctx, &sessions, &current, &decision.status, true).await {
+                        Ok(rv) => rv,
+                        Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                            return Err(Error::StaleSession);
+                        }
+                        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
+                            return Ok(Action::await_change());
+                        }
+                        Err(error) => return Err(error),
+                    };
+                current.status = Some(decision.status.clone());
+                let shape = match &inputs.availability {
+                    Some(Availability::Available(shape)) => *shape,
+                    _ => unreachable!("a container is only planned where ephemeral containers are served"),
+                };
+                ctx.metrics.request("patch", "pods/ephemeralcontainers");
+                match add_ephemeral_container(&ctx.client, shape, &pod, &container).await {
+                    Ok(updated) => {
+                        ctx.metrics.injections.with_label_values(&["injected"]).inc();
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        let after = Inputs {
+                            pods: Some(vec![updated]),
+                            named: Some(name),
+                            availability: inputs.availability.clone(),
+                        };
+                        decision = status::decide(&current, &after.observed(now));
+                        inputs = after;
+                    }
+                    Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {
+                        Refusal::StalePod if stale_pods < STALE_POD_RETRIES => {
+                            stale_pods += 1;
+                            ctx.metrics.injections.with_label_values(&["stale"]).inc();
+                            tracing::debug!(session = %current.name_any(), stale_pods, "the pod changed under the write; deciding again");
+                            let reads = reads_for(&current, true);
+                            inputs = read(ctx, &pods, &reads).await?;
+                            decision = status::decide(&current, &inputs.observed(now));
+                        }
+                        Refusal::StalePod => return Err(Error::BusyPod(stale_pods)),
+                        Refusal::Unavailable(advice) => {
+                            ctx.metrics.injections.with_label_values(&["unavailable"]).inc();
+                            ctx.availability.refused(advice.clone()).await;
+                            inputs.availability = Some(Availability::Unavailable(advice.clone()));
+                            let failure = Failure::new(FailureReason::EphemeralContainersUnavailable, advice);
+                            decision = status::refused(&current, failure, &inputs.observed(now));
+                        }
+                        Refusal::Other => {
+                            let Some(failure) = failure_of_write(&refusal) else {
+                                ctx.metrics.injections.with_label_values(&["error"]).inc();
+                                return Err(kube::Error::Api(refusal).into());
+                            };
+                            ctx.metrics.injections.with_label_values(&[failure.reason.as_str()]).inc();
+                            decision = status::refused(&current, failure, &inputs.observed(now));
+                        }
+                    },
+                    Err(error) => {
+                        ctx.metrics.injections.with_label_values(&["error"]).inc();
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
     }
-
-    let (published, new_status) = decide(&session, &sessions, &pods, &ctx, now).await?;
-    publish_status(&ctx, &sessions, &session, &published, &new_status, false).await?;
-    let requeue = status::requeue_after(&session, &new_status, now).unwrap_or(RESYNC);
-    Ok(Action::requeue(requeue.min(RESYNC)))
 }
 
-/// Writes `new` as the status of `session` (server-side apply) if it differs from `old`,
-/// with an event for each transition. With `precondition`, the write fails with 409
-/// unless the session is still at the resourceVersion it was read at. Returns the
-/// session's new resourceVersion.
+/// Maps a refused write to the session's failure, or `None` for errors worth retrying.
+fn failure_of_write(status: &kube::core::Status) -> Option<Failure> {
+    let reason = match status.code {
+        // RBAC names the user it refused; Pod Security and webhooks name their policy.
+        403 if is_rbac_denial(&status.message) => FailureReason::OperatorForbidden,
+        403 => FailureReason::Forbidden,
+        400 | 413 | 422 => FailureReason::Invalid,
+        _ => return None,
+    };
+    let message = match reason {
+        FailureReason::OperatorForbidden => {
+            format!("ephemera's own permissions are not enough to add the container: {}", status.message)
+        }
+        _ => format!("the API server refused the debug container: {}", status.message),
+    };
+    Some(Failure::new(reason, message))
+}
+
+fn is_rbac_denial(message: &str) -> bool {
+    message.contains("cannot patch resource")
+        || message.contains("cannot update resource")
+        || message.contains("cannot get resource")
+}
+
+/// Writes `new` as the status of `session` (server-side apply) if it differs
+/// from the session's status, with an event for each transition. With
+/// `guarded` the write is always sent and fails with 409 unless the session
+/// is still at the resourceVersion it was read at. Returns the session's new
+/// resourceVersion.
 async fn publish_status(
     ctx: &Context,
     sessions: &Api<DebugSession>,
     session: &DebugSession,
-    old: &DebugSessionStatus,
     new: &DebugSessionStatus,
-    precondition: bool,
+    guarded: bool,
 ) -> Result<Option<String>, Error> {
-    if new == old {
+    let old = session.status.clone().unwrap_or_default();
+    if *new == old && !guarded {
+        // Checked against the pod and found true: it may be believed from now on.
+        ctx.own.record(session, session.metadata.resource_version.clone(), new);
         return Ok(session.metadata.resource_version.clone());
     }
     let mut patch = serde_json::json!({
@@ -263,183 +499,167 @@ async fn publish_status(
         "kind": DebugSession::kind(&()),
         "status": new,
     });
-    if precondition {
+    if guarded {
         patch["metadata"] = serde_json::json!({ "resourceVersion": session.metadata.resource_version });
     }
+    ctx.metrics.request("patch", "debugsessions/status");
     let written = sessions
         .patch_status(&session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
-    publish_events(ctx, session, old, new).await;
+    ctx.own.record(session, written.metadata.resource_version.clone(), new);
+    publish_events(ctx, session, &old, new);
     Ok(written.metadata.resource_version)
 }
 
-/// Resolves, plans and injects until the plan needs nothing more written to the
-/// pod. Returns the status last published on the way, and the new one.
-async fn decide(
-    session: &DebugSession,
-    sessions: &Api<DebugSession>,
-    pods: &Api<Pod>,
-    ctx: &Context,
-    now: Timestamp,
-) -> Result<(DebugSessionStatus, DebugSessionStatus), Error> {
-    let (unavailable, shape) = match ctx.availability.get().await? {
-        Availability::Available(shape) => (None, Some(shape)),
-        Availability::Unavailable(message) => {
-            (Some(Failure::new(FailureReason::EphemeralContainersUnavailable, message)), None)
-        }
-    };
-    let mut resolved = resolve_target(pods, session).await?;
-    let mut current = session.clone();
-    let mut published = session.status.clone().unwrap_or_default();
-    let mut conflicts = 0;
-    loop {
-        let (container, mut status) = match status::plan(&current, resolved.lookup(), unavailable.as_ref(), now) {
-            Plan::Report(status) => return Ok((published, status)),
-            Plan::Inject { container, status } => (container, status),
-        };
-        // Pending is written before the pod is, so the status tells the whole story.
-        // It is written only if the session is unchanged since it was read: a stale
-        // cache (or a second operator) must not inject what was already injected.
-        current.metadata.resource_version =
-            publish_status(ctx, sessions, &current, &published, &status, true).await.map_err(|error| match error {
-                Error::Kube(ref e) if is_conflict(e) => Error::StaleSession,
-                other => other,
-            })?;
-        published = status.clone();
-        current.status = Some(status.clone());
-        let (Resolved::Pod(pod), Some(shape)) = (&resolved, shape) else {
-            unreachable!("plan injects only into a found pod of a cluster with ephemeral containers");
-        };
-        match add_ephemeral_container(&ctx.client, shape, pod, &container).await {
-            Ok(updated) => {
-                ctx.metrics.injections.with_label_values(&["injected"]).inc();
-                status::record_injection(&mut status, &container.name, session.spec.attempt, now);
-                current.status = Some(status);
-                resolved = Resolved::Pod(Box::new(updated));
-            }
-            Err(error) if is_stale_pod(&error) && conflicts < CONFLICT_RETRIES => {
-                ctx.metrics.injections.with_label_values(&["conflict"]).inc();
-                conflicts += 1;
-                tracing::debug!(session = %session.name_any(), conflicts, "pod changed under us; deciding again from fresh state");
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(conflicts))).await;
-                resolved = resolve_target(pods, &current).await?;
-            }
-            Err(error) => {
-                let Some(failure) = failure_of_write(&error) else {
-                    ctx.metrics.injections.with_label_values(&["error"]).inc();
-                    return Err(error.into());
-                };
-                ctx.metrics.injections.with_label_values(&[failure.reason.as_str()]).inc();
-                if failure.reason == FailureReason::EphemeralContainersUnavailable {
-                    ctx.availability.invalidate().await;
-                }
-                return Ok((published, status::failed_status(session, status, failure, now)));
-            }
-        }
-    }
-}
-
-async fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatus, new: &DebugSessionStatus) {
+/// Publishes the events of a transition in the background: they tell the
+/// story, but must not slow down the next write.
+fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatus, new: &DebugSessionStatus) {
     if old.phase != new.phase
         && let Some(phase) = new.phase
     {
         let reason = if phase == Phase::Failed { new.reason.map_or("", FailureReason::as_str) } else { "" };
         ctx.metrics.transitions.with_label_values(&[phase.as_str(), reason]).inc();
     }
-    let reference = session.object_ref(&());
-    for transition in status::transitions(old, new) {
-        let event = Event {
-            type_: if transition.warning { EventType::Warning } else { EventType::Normal },
-            reason: transition.reason,
-            note: Some(transition.note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(%error, "could not publish event");
-        }
+    let transitions = status::transitions(old, new);
+    if transitions.is_empty() {
+        return;
     }
+    let reference = session.object_ref(&());
+    let recorder = ctx.recorder.clone();
+    tokio::spawn(async move {
+        for transition in transitions {
+            let event = Event {
+                type_: if transition.warning { EventType::Warning } else { EventType::Normal },
+                reason: transition.reason,
+                note: Some(transition.note),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(%error, "could not publish event");
+            }
+        }
+    });
 }
 
-fn error_policy(session: Arc<DebugSession>, error: &Error, ctx: Arc<Context>) -> Action {
+/// A session that does not decode (e.g. written for a newer ephemera, or stored
+/// before a bound existed) is reported once, on itself and in the log, and
+/// otherwise left alone: it must not stop the others.
+async fn report_undecodable(
+    ctx: &Context,
+    invalid: &kube::core::error_boundary::InvalidObject,
+) -> Result<Action, Error> {
+    let uid = invalid.metadata.uid.clone().unwrap_or_default();
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
+    if !ctx.undecodable.lock().expect("undecodable lock").insert((uid, invalid.error.clone())) {
+        return Ok(Action::await_change());
+    }
+    tracing::warn!(session = %name, %namespace, error = %invalid.error, "DebugSession cannot be read; skipping it");
+    let message = format!(
+        "ephemera cannot read this DebugSession ({}); it does nothing for it. Create a new DebugSession with a valid spec",
+        invalid.error
+    );
+    let sessions: Api<DebugSession> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": DebugSession::api_version(&()),
+        "kind": DebugSession::kind(&()),
+        "status": { "phase": "Failed", "reason": "Invalid", "message": message },
+    });
+    ctx.metrics.request("patch", "debugsessions/status");
+    if let Err(error) =
+        sessions.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
+    {
+        tracing::warn!(session = %name, %namespace, %error, "could not record that the DebugSession cannot be read");
+    }
+    let mut reference = DebugSession::new(
+        &name,
+        serde_json::from_value(serde_json::json!({"target": {}, "image": "-"})).expect("a spec"),
+    )
+    .object_ref(&());
+    reference.namespace = Some(namespace);
+    reference.uid = invalid.metadata.uid.clone();
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Undecodable".into(),
+        note: Some(message),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, "could not publish event");
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(object: Arc<GuardedSession>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&[error.metric_label()]).inc();
+    let name = object.meta().name.clone().unwrap_or_default();
     if matches!(error, Error::StaleSession) {
-        // Expected when a reconcile races our own status write; the next read is fresh.
-        tracing::debug!(session = %session.name_any(), %error, "retrying");
+        // Expected when a reconcile races a change of the session; the next read is fresh.
+        tracing::debug!(session = %name, %error, "retrying");
         return Action::requeue(Duration::from_millis(250));
     }
-    tracing::warn!(session = %session.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    let delay = ctx.backoff.next(object.meta().uid.as_deref().unwrap_or_default());
+    tracing::warn!(session = %name, %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DebugSessionSpec, Target};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-    fn session(target: Target, status: Option<DebugSessionStatus>) -> DebugSession {
-        let spec: DebugSessionSpec =
-            serde_json::from_value(serde_json::json!({"target": target, "image": "busybox"})).unwrap();
-        let mut s = DebugSession::new("s", spec);
-        s.metadata.namespace = Some("ns".into());
-        s.status = status;
-        s
-    }
-
-    #[test]
-    fn pod_events_map_to_the_sessions_that_target_them() {
-        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        let by_name = session(Target { pod: Some("web-1".into()), ..Default::default() }, None);
-        let selector = Target {
-            selector: Some(LabelSelector { match_labels: Some(labels.clone()), ..Default::default() }),
-            ..Default::default()
-        };
-        let by_selector = session(selector.clone(), None);
-        let pinned_elsewhere = session(
-            selector,
-            Some(DebugSessionStatus {
-                pod_name: Some("web-2".into()),
-                containers: vec![Default::default()],
-                ..Default::default()
-            }),
-        );
-        let cases = [
-            ("named pod", &by_name, "ns", "web-1", true),
-            ("other pod", &by_name, "ns", "web-9", false),
-            ("other namespace", &by_name, "other", "web-1", false),
-            ("selector matches", &by_selector, "ns", "web-9", true),
-            ("pinned to another pod", &pinned_elsewhere, "ns", "web-9", false),
-            ("pinned pod", &pinned_elsewhere, "ns", "web-2", true),
-        ];
-        for (what, s, ns, pod, want) in cases {
-            assert_eq!(targets_pod(s, ns, pod, &labels), want, "{what}");
-        }
-        assert!(!targets_pod(&by_selector, "ns", "x", &BTreeMap::new()), "labels must match");
-    }
 
     #[test]
     fn refused_writes_map_to_failure_reasons() {
-        let api = |code: u16| {
-            kube::Error::Api(Box::new(kube::core::Status { code, message: "nope".into(), ..Default::default() }))
-        };
-        assert_eq!(failure_of_write(&api(403)).unwrap().reason, FailureReason::Forbidden);
-        assert_eq!(failure_of_write(&api(422)).unwrap().reason, FailureReason::Invalid);
-        assert_eq!(failure_of_write(&api(404)).unwrap().reason, FailureReason::EphemeralContainersUnavailable);
-        assert!(failure_of_write(&api(500)).is_none());
-        assert!(failure_of_write(&api(409)).is_none());
-        assert!(is_conflict(&api(409)));
-        assert!(is_stale_pod(&api(409)));
-        // a 404 that names the pod: the pod went away, which the next plan reports
-        let pod_gone: kube::core::Status = serde_json::from_value(serde_json::json!({
-            "code": 404, "reason": "NotFound", "message": "pods \"web\" not found",
-            "details": { "name": "web", "kind": "pods" },
-        }))
-        .unwrap();
-        let pod_gone = kube::Error::Api(Box::new(pod_gone));
-        assert!(failure_of_write(&pod_gone).is_none());
-        assert!(is_stale_pod(&pod_gone));
-        assert!(!is_stale_pod(&api(404)), "a 404 naming nothing means the subresource is not served");
-        assert!(failure_of_write(&api(403)).unwrap().message.contains("nope"));
+        let status =
+            |code: u16, message: &str| kube::core::Status { code, message: message.into(), ..Default::default() };
+        let reason = |code, message| failure_of_write(&status(code, message)).map(|f| f.reason);
+        let rbac = r#"pods "web" is forbidden: User "system:serviceaccount:ephemera:ephemera" cannot patch resource "pods/ephemeralcontainers" in API group "" in the namespace "ns""#;
+        let psa = r#"pods "web" is forbidden: violates PodSecurity "baseline:latest": privileged (container "debugger-x" must not set securityContext.privileged=true)"#;
+        assert_eq!(reason(403, rbac), Some(FailureReason::OperatorForbidden));
+        assert_eq!(reason(403, psa), Some(FailureReason::Forbidden));
+        assert_eq!(reason(422, "Pod \"web\" is invalid"), Some(FailureReason::Invalid));
+        assert_eq!(reason(500, "etcd"), None);
+        assert!(failure_of_write(&status(403, psa)).unwrap().message.contains("violates PodSecurity"));
+        assert!(failure_of_write(&status(403, rbac)).unwrap().message.contains("ephemera's own permissions"));
+    }
+
+    #[test]
+    fn backoff_doubles_per_session_and_resets() {
+        let backoffs = Backoffs::default();
+        let first = backoffs.next("a");
+        let second = backoffs.next("a");
+        assert!(first >= Duration::from_millis(250) && first < Duration::from_millis(300), "{first:?}");
+        assert!(second >= Duration::from_millis(500) && second < Duration::from_millis(600), "{second:?}");
+        assert!(backoffs.next("b") < Duration::from_millis(300), "per session");
+        for _ in 0..20 {
+            backoffs.next("a");
+        }
+        assert!(backoffs.next("a") <= Duration::from_secs(330));
+        backoffs.reset("a");
+        assert!(backoffs.next("a") < Duration::from_millis(300));
+    }
+
+    #[test]
+    fn own_writes_tell_echoes_and_believed_status() {
+        let own = OwnWrites::default();
+        let mut session = DebugSession::new(
+            "s",
+            serde_json::from_value(serde_json::json!({ "target": { "pod": "web" }, "image": "busybox" })).unwrap(),
+        );
+        session.metadata.uid = Some("u1".into());
+        session.metadata.resource_version = Some("7".into());
+        let status = DebugSessionStatus { phase: Some(Phase::Running), ..Default::default() };
+        assert!(!own.is_echo(&session) && !own.status_is_own(&session), "nothing known after a start");
+        own.record(&session, Some("8".into()), &status);
+        session.metadata.resource_version = Some("8".into());
+        session.status = Some(status.clone());
+        assert!(own.is_echo(&session));
+        assert!(own.status_is_own(&session));
+        session.metadata.resource_version = Some("9".into());
+        assert!(!own.is_echo(&session), "a later change (e.g. spec.attempt) is no echo");
+        assert!(own.status_is_own(&session), "but the status is still ours");
+        session.status.as_mut().unwrap().pod_name = Some("elsewhere".into());
+        assert!(!own.status_is_own(&session), "a status someone else wrote is checked first");
     }
 }

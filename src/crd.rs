@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -86,7 +86,7 @@ pub struct DebugSessionSpec {
     pub target: Target,
 
     /// Image of the debug container, e.g. `busybox:1.36` or `nicolaka/netshoot`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[^\s\x00-\x1f\x7f]+$"))]
     pub image: String,
 
     /// Pull policy of the debug image. Defaults to Kubernetes' rule (`Always` for `:latest`, else `IfNotPresent`).
@@ -147,9 +147,10 @@ pub struct DebugSessionSpec {
     pub start_timeout_seconds: i32,
 
     /// Delete this DebugSession this many seconds after it finished (Terminated or Failed).
-    /// Unset keeps it until deleted by hand.
+    /// Unset keeps it until deleted by hand. A GitOps tool that re-creates the session
+    /// after the deletion gets the finished containers back, not new ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31536000))]
     pub ttl_seconds_after_finished: Option<i32>,
 }
 
@@ -171,6 +172,10 @@ fn default_start_timeout() -> i32 {
 pub struct Target {
     /// Name of the pod to debug.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub pod: Option<String>,
 
     /// Label selector of the pods to choose from: ephemera picks one Running pod, preferring Ready
@@ -181,6 +186,7 @@ pub struct Target {
     /// Container whose process namespace the debug container shares (`targetContainerName`).
     /// Defaults to the pod's first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub container: Option<String>,
 }
 
@@ -214,77 +220,98 @@ pub enum Profile {
 }
 
 /// What the session has done and what the kubelet reports about its debug container.
+///
+/// Status is ephemera's output, never its input of authority: every field is
+/// re-derived from the spec and the pod, and a field that does not decode
+/// (e.g. a value written by a newer version, or by hand) is read as unset
+/// instead of making the whole session unreadable.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DebugSessionStatus {
     /// Pending, Injected, Running, Terminated or Failed; describes `status.attempt`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
     /// The attempt this status describes; lags `spec.attempt` while a raised attempt waits.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
+    #[schemars(range(min = 0, max = 9999))]
     pub attempt: i32,
 
-    /// Why the session failed (only in phase Failed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the session failed (only in phase Failed); see docs/status.md.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub reason: Option<FailureReason>,
 
-    /// Human-readable explanation of the phase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Human-readable explanation of the phase, with what to do next where something can help.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 
     /// The target pod, pinned by name and UID once chosen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
 
     /// UID of the target pod; a pod with the same name but another UID is a different pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
 
     /// The container whose process namespace is shared.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub target_container_name: Option<String>,
 
     /// Name of the current attempt's debug container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
 
-    /// The command that attaches to the debug container, while it is Running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The command that attaches to the debug container, while it is Running. Informational:
+    /// `kubectl ephemera attach` builds its own command from the validated names.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub attach_command: Option<String>,
 
     /// Why the injected container has not started yet (e.g. ContainerCreating, ErrImagePull).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub waiting_reason: Option<String>,
 
     /// Exit code of the current debug container, once Terminated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
 
     /// The kubelet's reason for the exit (e.g. Completed, Error, OOMKilled), once Terminated.
     /// `reason` is kept for the fixed set of failure reasons.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub exit_reason: Option<String>,
 
     /// When the current debug container started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
 
     /// When the current debug container exited, or the session failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
 
-    /// One entry per injected debug container, oldest first. All of them stay in the pod.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// One entry per debug container of this session, oldest first, as found in the pod
+    /// (all of them stay in the pod), or as last seen there once the pod is gone.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
     pub containers: Vec<DebugContainerStatus>,
 
     /// The spec generation this status reflects.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready, Reconciling and Stalled (kstatus), Injected, Attachable and EphemeralContainersAvailable.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Ready, Reconciling and Stalled (kstatus), Injected, Attachable and
+    /// EphemeralContainersAvailable, each with its own reason and message.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
+}
+
+/// Reads a status field, or its default when the stored value does not decode.
+fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 /// One debug container that this session added to the pod.
@@ -294,15 +321,20 @@ pub struct DebugContainerStatus {
     /// Name of the ephemeral container.
     pub name: String,
     /// The `spec.attempt` it was created for.
+    #[schemars(range(min = 0, max = 9999))]
     pub attempt: i32,
     /// Waiting, Running or Terminated, as the kubelet reports; Unknown before its first status.
+    #[serde(default, deserialize_with = "lenient")]
     pub state: ContainerState,
-    /// When ephemera added it to the pod.
+    /// When ephemera added it to the pod (or adopted it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_at: Option<Time>,
     /// Waiting or termination reason from the kubelet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The kubelet's message with that reason (e.g. why an image cannot be pulled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet_message: Option<String>,
     /// Exit code, once Terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -355,9 +387,12 @@ impl Phase {
 /// EphemeralContainersUnavailable (the cluster does not serve pods/ephemeralcontainers),
 /// TargetNotFound (no such pod, or none matches the selector), TargetContainerNotFound,
 /// TargetNotRunning, StaticPodUnsupported (mirror pods cannot take ephemeral containers),
-/// Forbidden (RBAC or Pod Security Admission refused the injection), Invalid (the API server
-/// rejected the container), StartTimeout (the kubelet did not start it in time) and
-/// TargetGone (the pod was deleted or replaced).
+/// Forbidden (Pod Security or another admission check refused the container),
+/// OperatorForbidden (ephemera's own RBAC lacks a verb), Invalid (the spec cannot work, or
+/// the API server rejected the container), CannotStart (the kubelet reported that it can
+/// never start the container), ContainerMismatch (the pod holds a container with this
+/// session's marker that differs from its spec), StartTimeout (the kubelet did not start it
+/// in time) and TargetGone (the pod was deleted or replaced).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureReason {
     EphemeralContainersUnavailable,
@@ -366,12 +401,30 @@ pub enum FailureReason {
     TargetNotRunning,
     StaticPodUnsupported,
     Forbidden,
+    OperatorForbidden,
     Invalid,
+    CannotStart,
+    ContainerMismatch,
     StartTimeout,
     TargetGone,
 }
 
 impl FailureReason {
+    pub const ALL: [FailureReason; 12] = [
+        Self::EphemeralContainersUnavailable,
+        Self::TargetNotFound,
+        Self::TargetContainerNotFound,
+        Self::TargetNotRunning,
+        Self::StaticPodUnsupported,
+        Self::Forbidden,
+        Self::OperatorForbidden,
+        Self::Invalid,
+        Self::CannotStart,
+        Self::ContainerMismatch,
+        Self::StartTimeout,
+        Self::TargetGone,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EphemeralContainersUnavailable => "EphemeralContainersUnavailable",
@@ -380,7 +433,10 @@ impl FailureReason {
             Self::TargetNotRunning => "TargetNotRunning",
             Self::StaticPodUnsupported => "StaticPodUnsupported",
             Self::Forbidden => "Forbidden",
+            Self::OperatorForbidden => "OperatorForbidden",
             Self::Invalid => "Invalid",
+            Self::CannotStart => "CannotStart",
+            Self::ContainerMismatch => "ContainerMismatch",
             Self::StartTimeout => "StartTimeout",
             Self::TargetGone => "TargetGone",
         }
@@ -389,6 +445,29 @@ impl FailureReason {
     /// Failures that no new attempt can repair: the pinned pod is gone for good.
     pub fn is_permanent(self) -> bool {
         matches!(self, Self::TargetGone)
+    }
+
+    /// What may help, shown after the failure's message. Only advice that can work:
+    /// a new attempt of the same spec cannot fix a spec the server refuses.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::EphemeralContainersUnavailable => "once the feature gate is on, raise spec.attempt to try again",
+            Self::TargetNotFound => "create the pod (or fix the target in a new DebugSession), then raise spec.attempt",
+            Self::TargetNotRunning => "once the pod runs, raise spec.attempt to try again",
+            Self::TargetContainerNotFound | Self::Invalid | Self::ContainerMismatch => {
+                "create a new DebugSession with a corrected spec"
+            }
+            Self::StaticPodUnsupported => "debug the static pod on its node instead",
+            Self::Forbidden => {
+                "create a new DebugSession with a profile the namespace allows (e.g. baseline or restricted), or have the policy changed and raise spec.attempt"
+            }
+            Self::OperatorForbidden => {
+                "grant ephemera's ServiceAccount that permission (see the chart's RBAC), then raise spec.attempt"
+            }
+            Self::CannotStart => "fix the cause in a new DebugSession, or fix it in the cluster and raise spec.attempt",
+            Self::StartTimeout => "once the cause is fixed, raise spec.attempt to try again",
+            Self::TargetGone => "create a new DebugSession to debug another pod",
+        }
     }
 }
 
@@ -428,6 +507,56 @@ fn bound_size(schema: &mut JSONSchemaProps) {
     }
 }
 
+/// `format: int32` is not enforced by the API server, and a stored value that
+/// does not fit would make the object undecodable: every integer gets explicit bounds.
+fn bound_integer(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() != Some("integer") {
+        return;
+    }
+    let (min, max) = match schema.format.as_deref() {
+        Some("int32") => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        // Above 2^53 a JSON number is no longer exact in most clients.
+        _ => (0.0, 9_007_199_254_740_991.0),
+    };
+    schema.minimum.get_or_insert(min);
+    schema.maximum.get_or_insert(max);
+}
+
+/// Label syntax in `target.selector`, as patterns (which every API server
+/// version enforces); keys of `matchLabels` need CEL, see [`selector_key_rule`].
+fn constrain_selector(selector: &mut JSONSchemaProps) {
+    fn property<'a>(schema: &'a mut JSONSchemaProps, name: &str) -> Option<&'a mut JSONSchemaProps> {
+        schema.properties.as_mut().and_then(|p| p.get_mut(name))
+    }
+    fn items(schema: &mut JSONSchemaProps) -> Option<&mut JSONSchemaProps> {
+        match &mut schema.items {
+            Some(JSONSchemaPropsOrArray::Schema(items)) => Some(items),
+            _ => None,
+        }
+    }
+    fn label_value(schema: &mut JSONSchemaProps) {
+        schema.pattern = Some(crate::validation::LABEL_VALUE.into());
+        schema.max_length = Some(63);
+    }
+    if let Some(labels) = property(selector, "matchLabels")
+        && let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut labels.additional_properties
+    {
+        label_value(values);
+    }
+    let Some(requirement) = property(selector, "matchExpressions").and_then(items) else { return };
+    if let Some(key) = property(requirement, "key") {
+        key.pattern = Some(crate::validation::QUALIFIED_NAME.into());
+        key.max_length = Some(317);
+    }
+    if let Some(operator) = property(requirement, "operator") {
+        let operators = ["In", "NotIn", "Exists", "DoesNotExist"];
+        operator.enum_ = Some(operators.map(|o| JSON(serde_json::Value::String(o.into()))).to_vec());
+    }
+    if let Some(value) = property(requirement, "values").and_then(items) {
+        label_value(value);
+    }
+}
+
 /// Joins the lines of a doc comment's paragraphs, which `kubectl explain` rewraps anyway.
 fn unwrap_description(schema: &mut JSONSchemaProps) {
     if let Some(description) = &mut schema.description {
@@ -439,22 +568,115 @@ fn unwrap_description(schema: &mut JSONSchemaProps) {
     }
 }
 
-/// The DebugSession CRD, with every spec field bounded in size.
+/// What the target API server can take in a CRD (see `ephemera crd --kubernetes-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl KubeVersion {
+    /// The version whose features `crds/debugsession.yaml` uses.
+    pub const NEWEST: KubeVersion = KubeVersion { major: 1, minor: 34 };
+
+    /// CEL validation rules (`x-kubernetes-validations`): beta and on by default from 1.25.
+    pub fn has_cel(self) -> bool {
+        self >= KubeVersion { major: 1, minor: 25 }
+    }
+
+    /// `reason`, `fieldPath` and `messageExpression` in CEL rules: 1.28.
+    pub fn has_cel_reasons(self) -> bool {
+        self >= KubeVersion { major: 1, minor: 28 }
+    }
+}
+
+impl std::str::FromStr for KubeVersion {
+    type Err = String;
+
+    /// `1.21`, `v1.21` or `1.21.14`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.trim_start_matches('v').split('.');
+        let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+        match (number(), number()) {
+            (Some(major), Some(minor)) => Ok(KubeVersion { major, minor }),
+            _ => Err(format!("{s:?} is not a Kubernetes version like 1.21")),
+        }
+    }
+}
+
+impl std::fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// CEL: every key of `matchLabels` is a label key (values are checked by a pattern).
+fn selector_key_rule() -> serde_json::Value {
+    serde_json::json!({
+        "rule": format!("!has(self.matchLabels) || self.matchLabels.all(k, k.matches(r'{}'))", crate::validation::QUALIFIED_NAME),
+        "message": "every key of target.selector.matchLabels must be a label key such as app or app.kubernetes.io/name",
+    })
+}
+
+/// Removes what `server` cannot take from every `x-kubernetes-validations`
+/// below `schema`: the rules themselves before 1.25, their `reason`,
+/// `fieldPath` and `messageExpression` before 1.28. The controller enforces
+/// what is lost there (see [`crate::validation`] and docs/compatibility.md).
+fn fit_validations(schema: &mut JSONSchemaProps, server: KubeVersion) {
+    visit(schema, &|s: &mut JSONSchemaProps| {
+        if !server.has_cel() {
+            s.x_kubernetes_validations = None;
+        } else if !server.has_cel_reasons() {
+            for rule in s.x_kubernetes_validations.iter_mut().flatten() {
+                rule.reason = None;
+                rule.field_path = None;
+                rule.message_expression = None;
+            }
+        }
+    });
+}
+
+/// The DebugSession CRD for the newest Kubernetes, as `crds/debugsession.yaml` holds it.
 pub fn crd() -> CustomResourceDefinition {
+    crd_for(KubeVersion::NEWEST)
+}
+
+/// The DebugSession CRD as an API server of version `server` accepts it, with
+/// every spec field bounded in size and every integer in range.
+pub fn crd_for(server: KubeVersion) -> CustomResourceDefinition {
     let mut crd = DebugSession::crd();
     for version in &mut crd.spec.versions {
         let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else { continue };
         visit(root, &unwrap_description);
-        if let Some(spec) = root.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+        visit(root, &bound_integer);
+        let properties = root.properties.get_or_insert_default();
+        if let Some(spec) = properties.get_mut("spec") {
             visit(spec, &bound_size);
+            let selector = spec
+                .properties
+                .as_mut()
+                .and_then(|p| p.get_mut("target"))
+                .and_then(|t| t.properties.as_mut())
+                .and_then(|p| p.get_mut("selector"));
+            if let Some(selector) = selector {
+                constrain_selector(selector);
+                let rule = serde_json::from_value(selector_key_rule()).expect("a valid rule");
+                selector.x_kubernetes_validations.get_or_insert_default().push(rule);
+            }
         }
+        fit_validations(root, server);
     }
     crd
 }
 
-/// The CRD as YAML, as `ephemera crd` prints it and `crds/debugsession.yaml` holds it.
+/// The CRD as YAML, as `ephemera crd` prints it.
+pub fn crd_yaml_for(server: KubeVersion) -> String {
+    let body = serde_saphyr::to_string(&crd_for(server)).expect("the CRD always serializes");
+    let flavour = if server == KubeVersion::NEWEST { String::new() } else { format!(" --kubernetes-version {server}") };
+    format!("# Generated by `ephemera crd{flavour}`; do not edit.\n---\n{body}")
+}
+
+/// The CRD as YAML for the newest Kubernetes, as `crds/debugsession.yaml` holds it.
 pub fn crd_yaml() -> String {
-    let crd = crd();
-    let body = serde_saphyr::to_string(&crd).expect("the CRD always serializes");
-    format!("# Generated by `ephemera crd`; do not edit.\n---\n{body}")
+    crd_yaml_for(KubeVersion::NEWEST)
 }

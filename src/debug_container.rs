@@ -1,5 +1,6 @@
 //! Building the ephemeral container for a session: its name, its security
-//! profile and the container spec. Everything here is pure.
+//! profile and the container spec, and finding a session's containers in a
+//! pod by the markers they carry. Everything here is pure.
 
 use k8s_openapi::api::core::v1::{Capabilities, EnvVar, EphemeralContainer, Pod, SeccompProfile, SecurityContext};
 
@@ -9,7 +10,10 @@ use crate::crd::{DebugSession, Profile};
 /// restarted operator adopts its own container instead of injecting another.
 pub const SESSION_UID_ENV: &str = "EPHEMERA_SESSION_UID";
 /// Env var telling the debug shell which session it belongs to (`namespace/name`).
+/// A session re-created under the same name (GitOps) finds its predecessor's containers by it.
 pub const SESSION_ENV: &str = "EPHEMERA_SESSION";
+/// Env var holding the `spec.attempt` the container was made for.
+pub const SESSION_ATTEMPT_ENV: &str = "EPHEMERA_ATTEMPT";
 
 /// The security context of `kubectl debug --profile=<profile>` for an ephemeral container.
 pub fn security_context(profile: Profile) -> Option<SecurityContext> {
@@ -50,6 +54,16 @@ pub fn name_for_attempt(base: &str, attempt: i32) -> String {
     if attempt == 0 { base.to_string() } else { format!("{base}-{attempt}") }
 }
 
+fn session_uid(session: &DebugSession) -> &str {
+    session.metadata.uid.as_deref().unwrap_or_default()
+}
+
+/// `namespace/name`, the value of [`SESSION_ENV`].
+pub fn session_key(session: &DebugSession) -> String {
+    let namespace = session.metadata.namespace.as_deref().unwrap_or_default();
+    format!("{namespace}/{}", session.metadata.name.as_deref().unwrap_or_default())
+}
+
 /// Who holds a container name in a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameOwner {
@@ -71,20 +85,73 @@ pub fn name_owner(pod: &Pod, name: &str, session_uid: &str) -> NameOwner {
     if taken { NameOwner::Other } else { NameOwner::Free }
 }
 
-pub fn is_from_session(container: &EphemeralContainer, session_uid: &str) -> bool {
-    container.env.iter().flatten().any(|e| e.name == SESSION_UID_ENV && e.value.as_deref() == Some(session_uid))
+fn env_value<'a>(container: &'a EphemeralContainer, name: &str) -> Option<&'a str> {
+    container.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.as_deref())
 }
 
-/// Whether any ephemeral container of `pod` was created by the session.
-pub fn has_container_from_session(pod: &Pod, session_uid: &str) -> bool {
-    pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).any(|c| is_from_session(c, session_uid))
+pub fn is_from_session(container: &EphemeralContainer, session_uid: &str) -> bool {
+    !session_uid.is_empty() && env_value(container, SESSION_UID_ENV) == Some(session_uid)
+}
+
+/// A container in a pod that carries a session's markers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Marked<'a> {
+    pub container: &'a EphemeralContainer,
+    /// The attempt it was made for: its marker, or (made by an older ephemera) its name's suffix.
+    pub attempt: i32,
+    /// Made by an earlier session of the same namespace and name (re-created, e.g. by GitOps).
+    pub predecessor: bool,
+}
+
+/// The attempt a container of this session was made for.
+fn attempt_of(session: &DebugSession, container: &EphemeralContainer) -> Option<i32> {
+    if let Some(marker) = env_value(container, SESSION_ATTEMPT_ENV) {
+        return marker.parse().ok();
+    }
+    let bases = match &session.spec.container_name {
+        Some(name) => vec![name.clone()],
+        None => default_name_candidates(env_value(container, SESSION_UID_ENV).unwrap_or_default()),
+    };
+    bases.iter().find_map(|base| match container.name.strip_prefix(base.as_str())?.strip_prefix('-') {
+        None if container.name == *base => Some(0),
+        Some(suffix) => suffix.parse().ok(),
+        None => None,
+    })
+}
+
+/// The containers of `session` in `pod`, oldest attempt first: those carrying
+/// its UID, and those of a predecessor of the same name. A marker is only a
+/// claim: [`mismatch`] tells whether such a container is what the spec asks for.
+pub fn marked_containers<'a>(session: &DebugSession, pod: &'a Pod) -> Vec<Marked<'a>> {
+    let uid = session_uid(session);
+    let key = session_key(session);
+    let mut found: Vec<Marked> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.ephemeral_containers.iter().flatten())
+        .filter_map(|container| {
+            let predecessor = if is_from_session(container, uid) {
+                false
+            } else if env_value(container, SESSION_ENV) == Some(key.as_str()) {
+                true
+            } else {
+                return None;
+            };
+            let attempt = attempt_of(session, container)?;
+            Some(Marked { container, attempt, predecessor })
+        })
+        .collect();
+    found.sort_by_key(|m| (m.attempt, m.predecessor));
+    // Ours first for an attempt, then a predecessor's (only if we have none).
+    found.dedup_by_key(|m| m.attempt);
+    found
 }
 
 /// The name the debug container of `attempt` gets in this pod: the first
 /// candidate that is free or already ours. `Err` carries the taken name when
 /// the user fixed `spec.containerName` and someone else uses it.
 pub fn choose_container_name(session: &DebugSession, pod: &Pod, attempt: i32) -> Result<String, String> {
-    let uid = session.metadata.uid.as_deref().unwrap_or_default();
+    let uid = session_uid(session);
     let bases = match &session.spec.container_name {
         Some(name) => vec![name.clone()],
         None => default_name_candidates(uid),
@@ -101,18 +168,19 @@ pub fn choose_container_name(session: &DebugSession, pod: &Pod, attempt: i32) ->
 }
 
 /// The ephemeral container for one attempt of a session.
-pub fn build_ephemeral_container(session: &DebugSession, name: &str, target_container: &str) -> EphemeralContainer {
+pub fn build_ephemeral_container(
+    session: &DebugSession,
+    name: &str,
+    target_container: &str,
+    attempt: i32,
+) -> EphemeralContainer {
     let spec = &session.spec;
-    let namespace = session.metadata.namespace.as_deref().unwrap_or_default();
-    let session_name = session.metadata.name.as_deref().unwrap_or_default();
     let mut env = spec.env.clone().unwrap_or_default();
-    env.retain(|e| e.name != SESSION_ENV && e.name != SESSION_UID_ENV);
-    env.push(EnvVar { name: SESSION_ENV.into(), value: Some(format!("{namespace}/{session_name}")), value_from: None });
-    env.push(EnvVar {
-        name: SESSION_UID_ENV.into(),
-        value: Some(session.metadata.uid.clone().unwrap_or_default()),
-        value_from: None,
-    });
+    env.retain(|e| ![SESSION_ENV, SESSION_UID_ENV, SESSION_ATTEMPT_ENV].contains(&e.name.as_str()));
+    let marker = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), value_from: None };
+    env.push(marker(SESSION_ENV, session_key(session)));
+    env.push(marker(SESSION_UID_ENV, session_uid(session).to_string()));
+    env.push(marker(SESSION_ATTEMPT_ENV, attempt.to_string()));
     EphemeralContainer {
         name: name.to_string(),
         image: Some(spec.image.clone()),
@@ -128,6 +196,38 @@ pub fn build_ephemeral_container(session: &DebugSession, name: &str, target_cont
         termination_message_policy: Some("File".into()),
         ..Default::default()
     }
+}
+
+/// How a container found in the pod differs from the one the spec asks for,
+/// on the fields ephemera sets (the API server defaults some of the others).
+/// The session's own UID marker is left out: a predecessor's differs by design.
+pub fn mismatch(found: &EphemeralContainer, wanted: &EphemeralContainer) -> Option<String> {
+    let env = |c: &EphemeralContainer| {
+        let mut env = c.env.clone().unwrap_or_default();
+        env.retain(|e| e.name != SESSION_UID_ENV);
+        env
+    };
+    let differs = |field: &str, found: String, wanted: String| {
+        (found != wanted).then(|| format!("{field} is {found}, the spec asks for {wanted}"))
+    };
+    let shown = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    differs("image", shown(&found.image), shown(&wanted.image))
+        .or_else(|| differs("command", shown(&found.command), shown(&wanted.command)))
+        .or_else(|| differs("args", shown(&found.args), shown(&wanted.args)))
+        .or_else(|| differs("env", shown(&env(found)), shown(&env(wanted))))
+        .or_else(|| differs("workingDir", shown(&found.working_dir), shown(&wanted.working_dir)))
+        .or_else(|| differs("securityContext", shown(&found.security_context), shown(&wanted.security_context)))
+        .or_else(|| differs("stdin", shown(&found.stdin.unwrap_or(false)), shown(&wanted.stdin.unwrap_or(false))))
+        .or_else(|| differs("tty", shown(&found.tty.unwrap_or(false)), shown(&wanted.tty.unwrap_or(false))))
+        .or_else(|| {
+            let policy = wanted.image_pull_policy.as_ref()?;
+            differs("imagePullPolicy", shown(&found.image_pull_policy.as_ref()), shown(&Some(policy)))
+        })
+}
+
+/// Serialized size of a container: what one attempt adds to the pod object.
+pub fn container_bytes(container: &EphemeralContainer) -> usize {
+    serde_json::to_vec(container).map_or(usize::MAX, |bytes| bytes.len())
 }
 
 /// The `kubectl attach` line for a running debug container.
@@ -214,7 +314,7 @@ mod tests {
     #[test]
     fn chooses_first_name_not_taken_by_someone_else() {
         let s = session(None);
-        let ours = build_ephemeral_container(&s, "debugger-ab12c", "app");
+        let ours = build_ephemeral_container(&s, "debugger-ab12c", "app", 0);
         let foreign = EphemeralContainer { name: "debugger-ab12c".into(), ..Default::default() };
         let cases: Vec<(&str, Pod, i32, Result<String, String>)> = vec![
             ("empty pod", pod(&["app"], vec![]), 0, Ok("debugger-ab12c".into())),
@@ -240,19 +340,64 @@ mod tests {
         let mut s = session(None);
         s.spec.env = Some(vec![EnvVar { name: "A".into(), value: Some("1".into()), value_from: None }]);
         s.spec.profile = Profile::Netadmin;
-        let c = build_ephemeral_container(&s, "debugger-ab12c", "app");
+        let c = build_ephemeral_container(&s, "debugger-ab12c", "app", 0);
         assert_eq!(c.target_container_name.as_deref(), Some("app"));
         assert_eq!(c.image.as_deref(), Some("busybox"));
         assert_eq!((c.stdin, c.tty), (Some(true), Some(true)));
         let env: Vec<_> = c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref().unwrap())).collect();
-        assert_eq!(env, vec![("A", "1"), (SESSION_ENV, "ns/s1"), (SESSION_UID_ENV, "AB12C-34de-5678")]);
+        assert_eq!(
+            env,
+            vec![("A", "1"), (SESSION_ENV, "ns/s1"), (SESSION_UID_ENV, "AB12C-34de-5678"), (SESSION_ATTEMPT_ENV, "0")]
+        );
         assert!(is_from_session(&c, "AB12C-34de-5678"));
         assert!(!is_from_session(&c, "other"));
-        let with_it = pod(&["app"], vec![c.clone()]);
-        assert!(has_container_from_session(&with_it, "AB12C-34de-5678"));
-        assert!(!has_container_from_session(&with_it, "other"));
-        assert!(!has_container_from_session(&pod(&["app"], vec![]), "AB12C-34de-5678"));
+        assert!(!is_from_session(&c, ""), "an empty UID is no marker");
         assert_eq!(c.security_context, security_context(Profile::Netadmin));
+        assert_eq!(mismatch(&c, &c), None);
+    }
+
+    #[test]
+    fn marked_containers_are_found_by_uid_or_by_session_name() {
+        let s = session(None);
+        let mut predecessor = s.clone();
+        predecessor.metadata.uid = Some("99999-old".into());
+        let mine = build_ephemeral_container(&s, "debugger-ab12c-1", "app", 1);
+        let theirs = build_ephemeral_container(&predecessor, "debugger-99999", "app", 0);
+        let theirs_too = build_ephemeral_container(&predecessor, "debugger-99999-1", "app", 1);
+        let mut other_session = s.clone();
+        other_session.metadata.name = Some("s2".into());
+        other_session.metadata.uid = Some("77777".into());
+        let unrelated = build_ephemeral_container(&other_session, "debugger-77777", "app", 0);
+        // Made by an older ephemera, before the attempt marker existed.
+        let mut legacy = build_ephemeral_container(&s, "debugger-ab12c-2", "app", 2);
+        legacy.env.as_mut().unwrap().retain(|e| e.name != SESSION_ATTEMPT_ENV);
+        let p = pod(&["app"], vec![theirs.clone(), unrelated, mine.clone(), theirs_too, legacy.clone()]);
+        let found: Vec<_> =
+            marked_containers(&s, &p).iter().map(|m| (m.container.name.as_str(), m.attempt, m.predecessor)).collect();
+        assert_eq!(
+            found,
+            vec![("debugger-99999", 0, true), ("debugger-ab12c-1", 1, false), ("debugger-ab12c-2", 2, false)],
+            "ours win over a predecessor's for the same attempt; others are not ours"
+        );
+    }
+
+    #[test]
+    fn mismatch_names_the_first_differing_field() {
+        let s = session(None);
+        let wanted = build_ephemeral_container(&s, "dbg", "app", 0);
+        let mut planted = wanted.clone();
+        planted.image = Some("evil".into());
+        assert!(mismatch(&planted, &wanted).unwrap().starts_with("image is Some(\"evil\")"));
+        let mut privileged = wanted.clone();
+        privileged.security_context = security_context(Profile::Sysadmin);
+        assert!(mismatch(&privileged, &wanted).unwrap().starts_with("securityContext"));
+        let mut predecessor = s.clone();
+        predecessor.metadata.uid = Some("other-uid".into());
+        let theirs = build_ephemeral_container(&predecessor, "dbg", "app", 0);
+        assert_eq!(mismatch(&theirs, &wanted), None, "a predecessor's UID marker is not a difference");
+        let mut defaulted = wanted.clone();
+        defaulted.termination_message_path = Some("/dev/termination-log".into());
+        assert_eq!(mismatch(&defaulted, &wanted), None, "fields the server defaults are not compared");
     }
 
     #[test]

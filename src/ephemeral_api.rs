@@ -2,11 +2,15 @@
 //! adding one container to a pod in that shape.
 //!
 //! - 1.22 and later: the `pods/ephemeralcontainers` subresource takes a Pod;
-//!   we send a JSON patch that appends one entry (a strategic merge patch
-//!   would put the new entry first).
+//!   we send a JSON patch that appends one entry (a strategic merge patch, as
+//!   `kubectl debug` sends, would put it first, or move others' entries when
+//!   the pod changed in between). It needs no resourceVersion, so unrelated
+//!   writers never conflict with it; a name taken in between, or a list that
+//!   appeared in between, is refused and the caller decides again.
 //! - 1.16 to 1.21 (alpha, behind the `EphemeralContainers` feature gate): it
 //!   takes the `EphemeralContainers` kind, read with GET and written with PUT,
-//!   and the PUT must list every earlier container unchanged.
+//!   and the PUT must list every earlier container unchanged; a concurrent
+//!   writer makes it fail with 409, so it is read and written again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,17 @@ pub enum ApiShape {
     PodSubresource,
     /// 1.16-1.21: the subresource takes kind `EphemeralContainers` by GET/PUT.
     LegacyEphemeralContainers,
+}
+
+impl ApiShape {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::PodSubresource => "it takes a Pod (Kubernetes 1.22 and later)",
+            Self::LegacyEphemeralContainers => {
+                "it takes kind EphemeralContainers by GET and PUT (Kubernetes 1.16 to 1.21)"
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,31 +115,39 @@ pub fn classify_refusal(status: &kube::core::Status) -> Refusal {
             status.message
         ));
     }
+    // The pod changed since it was read: a name was taken (by someone else, or by
+    // this very container), or the list the patch expected is not as it was.
+    let name_taken = status.code == 422
+        && (status.message.contains("may not be changed")
+            || status.message.contains("Duplicate value")
+            || status.message.contains("the server rejected our request due to an error in our request"));
     match status.code {
         404 | 409 => Refusal::StalePod,
+        _ if name_taken => Refusal::StalePod,
         _ => Refusal::Other,
     }
 }
 
-/// Availability, asked of the server at most once per `ttl`, so reconciles
-/// never pay for discovery.
+/// Availability, asked of the server once and kept while it holds: a write
+/// that finds ephemeral containers turned off invalidates it. A "no" is asked
+/// again after `retry_unavailable`, so a gate turned on is noticed.
 pub struct AvailabilityCache {
     client: Client,
-    ttl: Duration,
+    retry_unavailable: Duration,
     cached: Mutex<Option<(Instant, Availability)>>,
 }
 
 impl AvailabilityCache {
-    pub fn new(client: Client, ttl: Duration) -> Arc<Self> {
-        Arc::new(Self { client, ttl, cached: Mutex::new(None) })
+    pub fn new(client: Client, retry_unavailable: Duration) -> Arc<Self> {
+        Arc::new(Self { client, retry_unavailable, cached: Mutex::new(None) })
     }
 
     pub async fn get(&self) -> Result<Availability, kube::Error> {
         let mut cached = self.cached.lock().await;
-        if let Some((at, availability)) = cached.as_ref()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(availability.clone());
+        match cached.as_ref() {
+            Some((_, available @ Availability::Available(_))) => return Ok(available.clone()),
+            Some((at, unavailable)) if at.elapsed() < self.retry_unavailable => return Ok(unavailable.clone()),
+            _ => {}
         }
         let info = self.client.apiserver_version().await?;
         let core_v1 = self.client.list_core_api_resources("v1").await?;
@@ -134,9 +157,9 @@ impl AvailabilityCache {
         Ok(availability)
     }
 
-    /// Forgets the answer, e.g. after the subresource answered 404.
-    pub async fn invalidate(&self) {
-        *self.cached.lock().await = None;
+    /// Records what a refused write said: ephemeral containers are off after all.
+    pub async fn refused(&self, advice: String) {
+        *self.cached.lock().await = Some((Instant::now(), Availability::Unavailable(advice)));
     }
 }
 
@@ -157,9 +180,12 @@ fn subresource_path(namespace: &str, pod: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/pods/{pod}/ephemeralcontainers")
 }
 
-/// Adds `container` to `pod`, failing with 409 Conflict if the pod changed
-/// since `pod.metadata.resourceVersion`, so that the caller decides again
-/// from fresh state (and never injects twice). Returns the updated pod.
+/// How often a legacy PUT is tried again when another writer came first.
+const LEGACY_CONFLICT_RETRIES: u32 = 10;
+
+/// Adds `container` to `pod` and returns the pod as it is afterwards (as far
+/// as its ephemeral containers go). A container of that name already in the
+/// pod is left as it is: the caller then sees whose it is and decides again.
 pub async fn add_ephemeral_container(
     client: &Client,
     shape: ApiShape,
@@ -168,49 +194,66 @@ pub async fn add_ephemeral_container(
 ) -> Result<Pod, kube::Error> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     match shape {
         ApiShape::PodSubresource => {
-            let has_any =
-                pod.spec.as_ref().and_then(|s| s.ephemeral_containers.as_ref()).is_some_and(|c| !c.is_empty());
-            let append = if has_any {
-                serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers/-", "value": container })
-            } else {
-                serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers", "value": [container] })
-            };
-            // Writing the resourceVersion we read makes the server refuse a stale patch with 409.
-            let patch = serde_json::json!([
-                { "op": "replace", "path": "/metadata/resourceVersion", "value": pod.metadata.resource_version },
-                append,
-            ]);
-            let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+            let patch: json_patch::Patch =
+                serde_json::from_value(json_append(pod, container)).map_err(kube::Error::SerdeError)?;
             pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Json::<()>(patch)).await
         }
         ApiShape::LegacyEphemeralContainers => {
-            // GET for the earlier containers exactly as the server stores them,
-            // PUT at the version the caller decided on: a pod that changed since
-            // (even by gaining this very container) is refused with 409.
             let path = subresource_path(namespace, name);
-            let get = http::Request::get(&path).body(Vec::new()).map_err(kube::Error::HttpError)?;
-            let mut current: LegacyEphemeralContainers = client.request(get).await?;
-            if pod.metadata.resource_version.is_some() {
-                current.metadata.resource_version.clone_from(&pod.metadata.resource_version);
+            let mut tries = 0;
+            loop {
+                // GET for the earlier containers exactly as the server stores them,
+                // PUT at that version: every one of them goes back unchanged.
+                let get = http::Request::get(&path).body(Vec::new()).map_err(kube::Error::HttpError)?;
+                let mut current: LegacyEphemeralContainers = client.request(get).await?;
+                if current.ephemeral_containers.iter().any(|c| c.name == container.name) {
+                    return Ok(with_ephemeral_containers(pod, current.ephemeral_containers));
+                }
+                current.ephemeral_containers.push(container.clone());
+                let body = serde_json::to_vec(&LegacyEphemeralContainers {
+                    api_version: "v1".into(),
+                    kind: "EphemeralContainers".into(),
+                    ..current
+                })
+                .map_err(kube::Error::SerdeError)?;
+                let put = http::Request::put(&path)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .map_err(kube::Error::HttpError)?;
+                match client.request::<LegacyEphemeralContainers>(put).await {
+                    Ok(written) => return Ok(with_ephemeral_containers(pod, written.ephemeral_containers)),
+                    Err(kube::Error::Api(status)) if status.code == 409 && tries < LEGACY_CONFLICT_RETRIES => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(10 * u64::from(tries))).await;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
-            current.ephemeral_containers.push(container.clone());
-            let body = serde_json::to_vec(&LegacyEphemeralContainers {
-                api_version: "v1".into(),
-                kind: "EphemeralContainers".into(),
-                ..current
-            })
-            .map_err(kube::Error::SerdeError)?;
-            let put = http::Request::put(&path)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(body)
-                .map_err(kube::Error::HttpError)?;
-            let _: LegacyEphemeralContainers = client.request(put).await?;
-            pods.get(name).await
         }
     }
+}
+
+/// The JSON patch that appends `container` to the pod's ephemeral containers.
+/// A pod shown without any gets the list only if it still has none.
+pub fn json_append(pod: &Pod, container: &EphemeralContainer) -> serde_json::Value {
+    let has_any = pod.spec.as_ref().and_then(|s| s.ephemeral_containers.as_ref()).is_some_and(|c| !c.is_empty());
+    if has_any {
+        serde_json::json!([{ "op": "add", "path": "/spec/ephemeralContainers/-", "value": container }])
+    } else {
+        serde_json::json!([
+            { "op": "test", "path": "/spec/ephemeralContainers", "value": null },
+            { "op": "add", "path": "/spec/ephemeralContainers", "value": [container] },
+        ])
+    }
+}
+
+fn with_ephemeral_containers(pod: &Pod, containers: Vec<EphemeralContainer>) -> Pod {
+    let mut pod = pod.clone();
+    pod.spec.get_or_insert_default().ephemeral_containers = Some(containers);
+    pod
 }
 
 #[cfg(test)]
@@ -277,24 +320,30 @@ mod tests {
             std::fs::read(format!("{FIXTURES}{name}")).unwrap()
         }
 
-        /// The pod as the caller read it, at the version of the GET fixture.
-        fn web_pod() -> Pod {
+        fn json(name: &str) -> serde_json::Value {
+            serde_json::from_slice(&fixture(name)).unwrap()
+        }
+
+        /// The pod the fixtures were recorded from, as the caller read it before.
+        fn recorded_pod() -> Pod {
+            let get = json("get-ephemeralcontainers.json");
             let mut pod = Pod::default();
-            pod.metadata.name = Some("web".into());
-            pod.metadata.namespace = Some("default".into());
-            pod.metadata.resource_version = Some("48213".into());
+            pod.metadata.name = get["metadata"]["name"].as_str().map(String::from);
+            pod.metadata.namespace = get["metadata"]["namespace"].as_str().map(String::from);
+            pod.metadata.resource_version = Some("1".into());
             pod
         }
 
+        fn path() -> String {
+            let pod = recorded_pod();
+            subresource_path(pod.metadata.namespace.as_deref().unwrap(), pod.metadata.name.as_deref().unwrap())
+        }
+
+        /// The container the PUT fixture adds: its last one.
         fn new_container() -> EphemeralContainer {
-            EphemeralContainer {
-                name: "debugger-abcde".into(),
-                image: Some("busybox:1.36".into()),
-                stdin: Some(true),
-                tty: Some(true),
-                target_container_name: Some("app".into()),
-                ..Default::default()
-            }
+            let put = json("put-ephemeralcontainers.json");
+            let last = put["ephemeralContainers"].as_array().unwrap().last().unwrap().clone();
+            serde_json::from_value(last).unwrap()
         }
 
         type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -308,98 +357,101 @@ mod tests {
             sent
         }
 
-        const PATH: &str = "/api/v1/namespaces/default/pods/web/ephemeralcontainers";
+        async fn add(client: Client) -> Result<Pod, kube::Error> {
+            add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &recorded_pod(), &new_container())
+                .await
+        }
 
         #[tokio::test]
         async fn put_keeps_earlier_containers_and_appends_one() {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-            let client = Client::new(service, "default");
             let server = tokio::spawn(async move {
-                expect(&mut handle, Method::GET, PATH, 200, fixture("get-ephemeralcontainers.json")).await;
-                let put = expect(&mut handle, Method::PUT, PATH, 200, fixture("put-ephemeralcontainers.json")).await;
-                let pod = serde_json::to_vec(&web_pod()).unwrap();
-                expect(&mut handle, Method::GET, "/api/v1/namespaces/default/pods/web", 200, pod).await;
-                put
+                expect(&mut handle, Method::GET, &path(), 200, fixture("get-ephemeralcontainers.json")).await;
+                expect(&mut handle, Method::PUT, &path(), 200, fixture("put-ephemeralcontainers.json")).await
             });
-            add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
-                .await
-                .unwrap();
+            let pod = add(Client::new(service, "default")).await.unwrap();
             let put: serde_json::Value = serde_json::from_slice(&server.await.unwrap()).unwrap();
+            let recorded = json("get-ephemeralcontainers.json");
             assert_eq!(put["kind"], "EphemeralContainers");
             assert_eq!(put["apiVersion"], "v1");
-            assert_eq!(put["metadata"]["resourceVersion"], "48213", "the PUT must carry the version the caller read");
-            let recorded: serde_json::Value = serde_json::from_slice(&fixture("get-ephemeralcontainers.json")).unwrap();
+            assert_eq!(
+                put["metadata"]["resourceVersion"], recorded["metadata"]["resourceVersion"],
+                "PUT at the version it read"
+            );
+            let earlier = recorded["ephemeralContainers"].as_array().unwrap();
             let sent = put["ephemeralContainers"].as_array().unwrap();
-            assert_eq!(sent.len(), 2);
-            assert_eq!(sent[0], recorded["ephemeralContainers"][0], "earlier containers go back unchanged");
-            assert_eq!(sent[1]["name"], "debugger-abcde");
-            assert_eq!(sent[1]["targetContainerName"], "app");
+            assert_eq!(sent.len(), earlier.len() + 1);
+            assert_eq!(&sent[..earlier.len()], &earlier[..], "earlier containers go back unchanged");
+            assert_eq!(sent[earlier.len()]["name"], new_container().name);
+            let names: Vec<_> = pod.spec.unwrap().ephemeral_containers.unwrap().into_iter().map(|c| c.name).collect();
+            assert_eq!(names.last(), Some(&new_container().name), "the pod as the server answered, no extra GET");
         }
 
         #[tokio::test]
-        async fn put_carries_the_callers_version_even_when_the_server_has_a_newer_one() {
-            // Since the caller read the pod, someone added containers (this very
-            // name among them): the PUT must not adopt that, but be refused.
+        async fn a_concurrent_writer_is_met_with_a_fresh_read() {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-            let client = Client::new(service, "default");
             let server = tokio::spawn(async move {
-                expect(&mut handle, Method::GET, PATH, 200, fixture("put-ephemeralcontainers.json")).await;
-                expect(&mut handle, Method::PUT, PATH, 409, fixture("conflict.json")).await
+                expect(&mut handle, Method::GET, &path(), 200, fixture("get-ephemeralcontainers.json")).await;
+                expect(&mut handle, Method::PUT, &path(), 409, fixture("conflict.json")).await;
+                expect(&mut handle, Method::GET, &path(), 200, fixture("get-ephemeralcontainers.json")).await;
+                expect(&mut handle, Method::PUT, &path(), 200, fixture("put-ephemeralcontainers.json")).await
             });
-            let error =
-                add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
-                    .await
-                    .unwrap_err();
-            assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error:?}");
+            add(Client::new(service, "default")).await.unwrap();
             let put: serde_json::Value = serde_json::from_slice(&server.await.unwrap()).unwrap();
-            assert_eq!(put["metadata"]["resourceVersion"], "48213", "the version the caller read, not 48260");
+            assert_eq!(put["ephemeralContainers"].as_array().unwrap().last().unwrap()["name"], new_container().name);
         }
 
         #[tokio::test]
-        async fn conflict_on_put_reaches_the_caller() {
+        async fn a_container_already_there_is_not_written_again() {
+            // e.g. a second operator, or this one before a crash, added it already.
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-            let client = Client::new(service, "default");
             tokio::spawn(async move {
-                expect(&mut handle, Method::GET, PATH, 200, fixture("get-ephemeralcontainers.json")).await;
-                expect(&mut handle, Method::PUT, PATH, 409, fixture("conflict.json")).await;
+                expect(&mut handle, Method::GET, &path(), 200, fixture("put-ephemeralcontainers.json")).await;
+                assert!(handle.next_request().await.is_none(), "no PUT may follow");
             });
-            let error =
-                add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &web_pod(), &new_container())
-                    .await
-                    .unwrap_err();
-            assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error:?}");
+            let pod = add(Client::new(service, "default")).await.unwrap();
+            let names: Vec<_> = pod.spec.unwrap().ephemeral_containers.unwrap().into_iter().map(|c| c.name).collect();
+            assert_eq!(names.iter().filter(|n| **n == new_container().name).count(), 1);
         }
 
         #[tokio::test]
-        async fn pod_shape_appends_one_container_at_the_read_version() {
+        async fn pod_shape_appends_one_container_without_a_version() {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-            let client = Client::new(service, "default");
             let server = tokio::spawn(async move {
-                let (request, send) = handle.next_request().await.unwrap();
-                assert_eq!(request.method(), Method::PATCH);
-                assert_eq!(request.uri().path(), PATH);
-                assert_eq!(request.headers()["content-type"], "application/json-patch+json");
-                let body = request.into_body().collect_bytes().await.unwrap();
-                send.send_response(
-                    Response::builder().body(Body::from(serde_json::to_vec(&web_pod()).unwrap())).unwrap(),
-                );
-                serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+                let mut patches = Vec::new();
+                for _ in 0..2 {
+                    let (request, send) = handle.next_request().await.unwrap();
+                    assert_eq!(request.method(), Method::PATCH);
+                    assert_eq!(request.uri().path(), path());
+                    assert_eq!(request.headers()["content-type"], "application/json-patch+json");
+                    let body = request.into_body().collect_bytes().await.unwrap();
+                    send.send_response(
+                        Response::builder().body(Body::from(serde_json::to_vec(&recorded_pod()).unwrap())).unwrap(),
+                    );
+                    patches.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+                }
+                patches
             });
-            let mut pod = web_pod();
-            pod.metadata.resource_version = Some("77".into());
-            pod.spec = Some(Default::default());
-            pod.spec.as_mut().unwrap().ephemeral_containers =
+            let client = Client::new(service, "default");
+            let mut pod = recorded_pod();
+            add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
+            pod.spec.get_or_insert_default().ephemeral_containers =
                 Some(vec![EphemeralContainer { name: "old".into(), ..Default::default() }]);
             add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
-            let patch = server.await.unwrap();
+            let patches = server.await.unwrap();
+            let new = new_container().name;
             assert_eq!(
-                patch[0],
-                serde_json::json!({ "op": "replace", "path": "/metadata/resourceVersion", "value": "77" })
+                patches[0][0],
+                serde_json::json!({ "op": "test", "path": "/spec/ephemeralContainers", "value": null }),
+                "the first container only if the pod still has none"
             );
-            assert_eq!(patch[1]["op"], "add");
-            assert_eq!(patch[1]["path"], "/spec/ephemeralContainers/-", "appended after the existing one");
-            assert_eq!(patch[1]["value"]["name"], "debugger-abcde");
-            assert_eq!(patch.as_array().unwrap().len(), 2);
+            assert_eq!(patches[0][1]["path"], "/spec/ephemeralContainers");
+            assert_eq!(patches[0][1]["value"][0]["name"], new.as_str());
+            assert_eq!(
+                patches[1],
+                serde_json::json!([{ "op": "add", "path": "/spec/ephemeralContainers/-", "value": new_container() }]),
+                "appended after the others, with no resourceVersion: unrelated writers never conflict"
+            );
         }
     }
 
@@ -419,6 +471,14 @@ mod tests {
             (400, "some other bad request", None, "other"),
             (403, "forbidden", Some("web"), "other"),
             (422, "Pod \"web\" is invalid", Some("web"), "other"),
+            (422, "existing ephemeral containers \"dbg\" may not be changed", Some("web"), "stale"),
+            (
+                422,
+                "Pod \"web\" is invalid: spec.ephemeralContainers[1].name: Duplicate value: \"dbg\"",
+                Some("web"),
+                "stale",
+            ),
+            (422, "the server rejected our request due to an error in our request", None, "stale"),
         ];
         for (code, message, named, expected) in cases {
             let refusal = classify_refusal(&status(code, message, named));

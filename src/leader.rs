@@ -3,9 +3,13 @@
 //! safe, see `controller::decide`, only wasteful.)
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
+
+use crate::server::Health;
 
 #[derive(Debug, Clone)]
 pub struct LeaderElection {
@@ -31,6 +35,7 @@ pub enum Error {
 pub async fn run_as_leader(
     client: Client,
     election: LeaderElection,
+    health: Arc<Health>,
     work: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let manager = LeaseManagerBuilder::new(client, &election.lease_name)
@@ -43,11 +48,19 @@ pub async fn run_as_leader(
         .await?;
     let (mut leading, lease_task) = manager.watch().await;
     tracing::info!(lease = %election.lease_name, namespace = %election.namespace, identity = %election.identity, "waiting to become the leader");
+    // The first answer tells whether this replica leads or stands by: either way it is ready.
+    let mut known = false;
     while !*leading.borrow_and_update() {
+        if !known {
+            known = true;
+            health.lease_known.store(true, Ordering::Relaxed);
+        }
         if leading.changed().await.is_err() {
             return Err(lease_task_error(lease_task, &election).await);
         }
     }
+    health.leading.store(true, Ordering::Relaxed);
+    health.lease_known.store(true, Ordering::Relaxed);
     tracing::info!(identity = %election.identity, "became the leader");
     let lost = async {
         loop {

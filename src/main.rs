@@ -2,6 +2,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
 use ephemera::{controller, crd, leader, metrics::Metrics, server, telemetry};
 
 /// Declarative debugging of running pods with ephemeral containers.
@@ -43,13 +45,18 @@ enum Command {
         leader_election_identity: Option<String>,
     },
     /// Print the DebugSession CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Leave out what an older API server cannot take: CEL rules before 1.25 (the
+        /// controller enforces them instead), their reasons and message expressions before 1.28.
+        #[arg(long, value_name = "MAJOR.MINOR", default_value_t = crd::KubeVersion::NEWEST)]
+        kubernetes_version: crd::KubeVersion,
+    },
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Crd => print!("{}", crd::crd_yaml()),
+        Command::Crd { kubernetes_version } => print!("{}", crd::crd_yaml_for(kubernetes_version)),
         Command::Run {
             namespace,
             metrics_addr,
@@ -62,17 +69,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             leader_election_identity,
         } => {
             telemetry::init(log_format);
-            let client = match kube_context {
+            // Bound before anything else: a taken port is a startup error, not a blind operator.
+            let listener = server::bind(metrics_addr).await?;
+            let mut config = match kube_context {
                 Some(context) => {
                     let options = kube::config::KubeConfigOptions { context: Some(context), ..Default::default() };
-                    kube::Client::try_from(kube::Config::from_kubeconfig(&options).await?)?
+                    kube::Config::from_kubeconfig(&options).await?
                 }
-                None => kube::Client::try_default().await?,
+                None => kube::Config::infer().await?,
             };
+            // No request may hang on a dead connection; a watch ends on its own well before this.
+            config.connect_timeout = Some(Duration::from_secs(10));
+            config.read_timeout = Some(Duration::from_secs(u64::from(controller::WATCH_TIMEOUT_SECONDS) + 25));
+            config.write_timeout = Some(Duration::from_secs(30));
+            let client = kube::Client::try_from(config)?;
+            controller::check_crd_served(&client, namespace.as_deref()).await?;
             let metrics = Arc::new(Metrics::new());
-            let server = tokio::spawn(server::serve(metrics_addr, metrics.clone()));
+            let health = if leader_elect { Arc::new(server::Health::default()) } else { server::Health::sole_leader() };
+            let server = tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
             tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "starting ephemera controller");
-            let controller = controller::run(client.clone(), namespace, metrics);
+            let controller = controller::run(client.clone(), namespace, metrics, health.clone());
             let result = if leader_elect {
                 let identity = leader_election_identity.unwrap_or_else(default_identity);
                 let election = leader::LeaderElection {
@@ -81,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     identity,
                     lease_seconds: leader_election_lease_seconds,
                 };
-                leader::run_as_leader(client, election, controller).await
+                leader::run_as_leader(client, election, health, controller).await
             } else {
                 controller.await;
                 Ok(())

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the controller.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -10,6 +10,10 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     pub injections: IntCounterVec,
     pub transitions: IntCounterVec,
+    /// Requests the reconciler sends, by verb and resource (watches are not counted).
+    pub api_requests: IntCounterVec,
+    /// Sessions that listen for pod events (finished ones do not).
+    pub listening_sessions: IntGauge,
 }
 
 impl Metrics {
@@ -37,16 +41,39 @@ impl Metrics {
             &["phase", "reason"],
         )
         .unwrap();
+        let api_requests = IntCounterVec::new(
+            Opts::new("api_requests_total", "Requests of reconciles to the API server, by verb and resource"),
+            &["verb", "resource"],
+        )
+        .unwrap();
+        let listening_sessions =
+            IntGauge::new("listening_sessions", "DebugSessions that react to events of their pod").unwrap();
         for collector in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(injections.clone()),
             Box::new(transitions.clone()),
+            Box::new(api_requests.clone()),
+            Box::new(listening_sessions.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, reconciliations, reconcile_errors, reconcile_duration, injections, transitions }
+        Self {
+            registry,
+            reconciliations,
+            reconcile_errors,
+            reconcile_duration,
+            injections,
+            transitions,
+            api_requests,
+            listening_sessions,
+        }
+    }
+
+    /// Counts one request of the reconciler.
+    pub fn request(&self, verb: &str, resource: &str) {
+        self.api_requests.with_label_values(&[verb, resource]).inc();
     }
 
     /// The text exposition format, for `/metrics`.

@@ -1,8 +1,12 @@
 //! Choosing and checking the target pod. Pure functions over pod objects.
 
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
 
-use crate::crd::FailureReason;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
+
+use crate::crd::{FailureReason, Target};
 
 /// Annotation the kubelet puts on the API mirror of a static pod.
 pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -22,6 +26,34 @@ impl Failure {
 
 fn pod_name(pod: &Pod) -> &str {
     pod.metadata.name.as_deref().unwrap_or_default()
+}
+
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// What the pod is, in words: its phase, or Terminating once deletion has begun.
+pub fn describe_phase(pod: &Pod) -> &str {
+    if is_terminating(pod) {
+        "Terminating"
+    } else {
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown")
+    }
+}
+
+/// Whether the label selector matches the labels. An invalid selector matches nothing.
+pub fn selector_matches(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+    let empty = BTreeMap::new();
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels.unwrap_or(&empty)))
+}
+
+/// Whether `pod` is one that `target` asks for: the named pod, or one its selector matches.
+pub fn satisfies(pod: &Pod, target: &Target) -> bool {
+    match (&target.pod, &target.selector) {
+        (Some(name), _) => pod.metadata.name.as_ref() == Some(name),
+        (None, Some(selector)) => selector_matches(selector, pod.metadata.labels.as_ref()),
+        (None, None) => false,
+    }
 }
 
 pub fn is_running(pod: &Pod) -> bool {
@@ -66,14 +98,9 @@ pub fn check_target(pod: &Pod, requested_container: Option<&str>) -> Result<Stri
         ));
     }
     if !is_running(pod) {
-        let phase = if pod.metadata.deletion_timestamp.is_some() {
-            "Terminating"
-        } else {
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown")
-        };
         return Err(Failure::new(
             FailureReason::TargetNotRunning,
-            format!("pod {name} is {phase}; ephemeral containers can only be added to a Running pod"),
+            format!("pod {name} is {}; ephemeral containers can only be added to a Running pod", describe_phase(pod)),
         ));
     }
     let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use ephemera::crd::{DebugSession, DebugSessionSpec, ImagePullPolicy, Phase, Profile, Target};
+use ephemera::debug_container::is_from_session;
+use ephemera::validation::{is_dns1123_label, is_dns1123_subdomain};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::KubeConfigOptions;
 use kube::{Client, Config};
@@ -136,12 +139,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let status = session.status.clone().unwrap_or_default();
     match status.phase {
         Some(Phase::Running) => {
-            let attach = status.attach_command.unwrap_or_default();
+            let pods: Api<Pod> = Api::namespaced(sessions.clone().into_client(), &namespace);
+            let args = attach_args(&pods, &session, &namespace).await?;
             if cli.no_attach {
-                println!("{attach}");
+                println!("kubectl {}", args.join(" "));
                 return Ok(ExitCode::SUCCESS);
             }
-            attach_with_kubectl(&attach, cli.context.as_deref())
+            attach_with_kubectl(&args, cli.context.as_deref())
         }
         Some(Phase::Terminated) => {
             eprintln!("{}", status.message.unwrap_or_default());
@@ -193,15 +197,52 @@ async fn wait_until_settled(
     }
 }
 
-/// Runs the status's `kubectl attach` line with the kubectl that invoked us (or `$KUBECTL`).
-fn attach_with_kubectl(attach: &str, context: Option<&str>) -> Result<ExitCode, Box<dyn std::error::Error>> {
+/// kubectl's arguments to attach to the session's running container. Built
+/// from names, never from a command line found in the API: the names must be
+/// valid DNS names, and the pod must hold that container with this session's marker.
+async fn attach_args(
+    pods: &Api<Pod>,
+    session: &DebugSession,
+    namespace: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let status = session.status.clone().unwrap_or_default();
+    let (Some(pod), Some(container)) = (status.pod_name, status.container_name) else {
+        return Err("the session's status names no pod and container to attach to".into());
+    };
+    if !(is_dns1123_subdomain(namespace) && is_dns1123_subdomain(&pod) && is_dns1123_label(&container)) {
+        return Err(format!("refusing to attach: {pod:?}/{container:?} in {namespace:?} are not valid names").into());
+    }
+    let found = pods.get(&pod).await?;
+    let uid = session.metadata.uid.as_deref().unwrap_or_default();
+    let ours = found
+        .spec
+        .iter()
+        .flat_map(|s| s.ephemeral_containers.iter().flatten())
+        .any(|c| c.name == container && is_from_session(c, uid));
+    if !ours {
+        return Err(
+            format!("refusing to attach: pod {pod} holds no debug container {container} of this session").into()
+        );
+    }
+    let mut args = vec!["attach".to_string()];
+    match (session.spec.stdin, session.spec.tty) {
+        (true, true) => args.push("-it".into()),
+        (true, false) => args.push("-i".into()),
+        (false, true) => args.push("-t".into()),
+        (false, false) => {}
+    }
+    args.extend(["-n".into(), namespace.into(), pod, "-c".into(), container]);
+    Ok(args)
+}
+
+/// Runs `kubectl ARGS` with the kubectl that invoked us (or `$KUBECTL`).
+fn attach_with_kubectl(args: &[String], context: Option<&str>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut words = attach.split_whitespace().skip(1);
     let mut command = Command::new(kubectl);
     if let Some(context) = context {
         command.args(["--context", context]);
     }
-    command.args(words.by_ref());
+    command.args(args);
     let status = command.status()?;
     Ok(status.code().map_or(ExitCode::FAILURE, |c| ExitCode::from(u8::try_from(c).unwrap_or(1))))
 }

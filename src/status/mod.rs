@@ -1,172 +1,355 @@
-//! What a session should do next and what its status says, derived from the
-//! session and the target pod as the API server reports them. Pure: the
-//! controller gathers the inputs and carries out the plan.
+//! The phase machine: given the session and what was read (see
+//! [`crate::reads`]), what the status says and what to do next. Pure: the
+//! controller gathers the inputs and carries out the decision.
+//!
+//! The pod and the spec are the authority. The session's previous status is
+//! only a record: it may make ephemera report a finished session as finished,
+//! never write to a pod that the pod and the spec do not call for.
+
+mod conditions;
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, EphemeralContainer, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{ContainerState, DebugContainerStatus, DebugSession, DebugSessionStatus, FailureReason, Phase};
-use crate::debug_container::{NameOwner, attach_command, build_ephemeral_container, choose_container_name, name_owner};
-use crate::target::{Failure, check_target};
+use crate::debug_container::{
+    Marked, attach_command, build_ephemeral_container, choose_container_name, container_bytes, marked_containers,
+    mismatch,
+};
+use crate::ephemeral_api::Availability;
+use crate::reads::is_settled;
+use crate::target::{Failure, check_target, describe_phase, is_terminating, pick_pod, satisfies};
+use crate::validation::{self, MAX_CONTAINER_BYTES};
 
-/// The outcome of looking up the target pod.
+pub use conditions::conditions;
+
+/// The pods a reconcile read, as [`crate::reads::PodReads`] asked.
 #[derive(Debug, Clone, Copy)]
-pub enum TargetLookup<'a> {
-    Found(&'a Pod),
-    Failed(&'a Failure),
+pub enum PodView<'a> {
+    /// Nothing was read.
+    NotRead,
+    /// The pod of that name, or `None` when there is none.
+    Named { name: &'a str, pod: Option<&'a Pod> },
+    /// The pods the session's selector matched.
+    Selected(&'a [Pod]),
 }
 
-/// What the controller should do for a session.
+/// What a reconcile knows besides the session.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub pods: PodView<'a>,
+    /// Asked only when a container may be added.
+    pub availability: Option<&'a Availability>,
+    pub now: Timestamp,
+}
+
+/// What to do after publishing [`Decision::status`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Plan {
-    /// Add this container to the pod, then plan again with the updated pod.
-    Inject { container: Box<EphemeralContainer>, status: DebugSessionStatus },
-    /// Nothing to write to the pod; publish this status.
-    Report(DebugSessionStatus),
+pub enum Next {
+    /// Nothing until something changes, or [`requeue_after`] passes.
+    Wait,
+    /// Look again at once: the status was corrected (a pinned pod that no longer fits).
+    LookAgain,
+    /// Add the container to the pod. The status is the claim, written first and
+    /// only if the session is unchanged since it was read.
+    Inject { pod: Box<Pod>, container: Box<EphemeralContainer> },
+    /// The session finished more than `ttlSecondsAfterFinished` ago.
+    Delete,
 }
 
-impl Plan {
-    pub fn status(&self) -> &DebugSessionStatus {
-        match self {
-            Plan::Inject { status, .. } | Plan::Report(status) => status,
-        }
-    }
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub status: DebugSessionStatus,
+    pub next: Next,
 }
 
 pub const NOT_ATTACHABLE_HINT: &str = "ephemeral containers cannot be restarted or removed, so it can no longer be attached to; raise spec.attempt to start a fresh debug container";
 
-/// Plans the next step of `session`. `unavailable` is set when the cluster
-/// does not serve ephemeral containers.
-pub fn plan(session: &DebugSession, target: TargetLookup, unavailable: Option<&Failure>, now: Timestamp) -> Plan {
+/// Kubelet waiting reasons that no amount of waiting will change.
+const DEFINITE_WAITING_REASONS: [&str; 3] = ["InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"];
+
+/// Where the session's pod stands, after checking what was read against the spec.
+enum Resolved<'a> {
+    Pod(&'a Pod),
+    /// No pod to work with (and none was ever worked with).
+    Missing(Failure),
+    /// The pod that holds (or held) the session's containers was deleted or replaced.
+    Gone(String),
+    /// A selector's pinned pod no longer fits: choose again.
+    Unpin(String),
+}
+
+/// Decides what the status of `session` is, and what to do next.
+pub fn decide(session: &DebugSession, observed: &Observed) -> Decision {
     let prior = session.status.clone().unwrap_or_default();
-    let spec = &session.spec;
     let mut status = prior.clone();
     status.observed_generation = session.metadata.generation;
 
+    let decision = if session.metadata.deletion_timestamp.is_some() {
+        // Deletion has begun: nothing more is added anywhere.
+        Decision { status, next: Next::Wait }
+    } else if let Err(problem) = validation::check_spec(&session.spec) {
+        status.attempt = session.spec.attempt;
+        clear_current(&mut status);
+        Decision { status: fail(status, Failure::new(FailureReason::Invalid, problem)), next: Next::Wait }
+    } else if let PodView::NotRead = observed.pods {
+        Decision { status, next: Next::Wait }
+    } else {
+        decide_with_pods(session, &prior, status, observed)
+    };
+    finish(session, decision, &prior, observed)
+}
+
+fn decide_with_pods(
+    session: &DebugSession,
+    prior: &DebugSessionStatus,
+    mut status: DebugSessionStatus,
+    observed: &Observed,
+) -> Decision {
+    let now = observed.now;
+    let report = |status| Decision { status, next: Next::Wait };
     if prior.phase == Some(Phase::Failed) && prior.reason.is_some_and(FailureReason::is_permanent) {
-        return Plan::Report(finish(status, &prior, now));
+        return report(status);
+    }
+    let resolved = resolve(session, prior, observed.pods);
+    let pod = match resolved {
+        Resolved::Pod(pod) => pod,
+        Resolved::Unpin(why) => {
+            status.pod_name = None;
+            status.pod_uid = None;
+            status.containers.clear();
+            clear_current(&mut status);
+            status.phase = Some(Phase::Pending);
+            status.message = Some(format!("{why}; choosing a pod again"));
+            return Decision { status, next: Next::LookAgain };
+        }
+        Resolved::Gone(why) => return report(gone(session, prior, status, why, now)),
+        Resolved::Missing(failure) => {
+            if stands(session, prior) {
+                return report(status);
+            }
+            // Without ephemeral containers no pod would do: say what matters most.
+            let failure = match observed.availability {
+                Some(Availability::Unavailable(advice)) => {
+                    Failure::new(FailureReason::EphemeralContainersUnavailable, advice.clone())
+                }
+                _ => failure,
+            };
+            status.attempt = session.spec.attempt;
+            status.pod_uid = None;
+            status.pod_name = session.spec.target.pod.clone();
+            status.containers.clear();
+            clear_current(&mut status);
+            return report(fail(status, failure));
+        }
+    };
+
+    status.pod_name = pod.metadata.name.clone();
+    status.pod_uid = pod.metadata.uid.clone();
+    let attempt = session.spec.attempt;
+    // A predecessor's later attempts are its own business (see docs/gitops.md).
+    let marked: Vec<Marked> =
+        marked_containers(session, pod).into_iter().filter(|m| !m.predecessor || m.attempt <= attempt).collect();
+    status.containers = records(&marked, pod, prior, session, now);
+
+    // Only where no CEL rule refused it (Kubernetes before 1.25).
+    if let Some(later) = marked.iter().find(|m| m.attempt > attempt) {
+        status.attempt = attempt;
+        clear_current(&mut status);
+        let failure = Failure::new(
+            FailureReason::Invalid,
+            format!(
+                "spec.attempt is {attempt}, but pod {} already holds debug container {} of attempt {}: attempts may only be raised",
+                pod_name(pod),
+                later.container.name,
+                later.attempt
+            ),
+        );
+        return report(fail(status, failure));
+    }
+    if let Some(current) = marked.iter().find(|m| m.attempt == attempt) {
+        let record = status.containers.iter().find(|r| r.attempt == attempt).cloned().unwrap_or_default();
+        if stands(session, prior) && !started_late(prior, &record) {
+            return report(status);
+        }
+        status.attempt = attempt;
+        if let Some(failure) = container_mismatch(session, pod, current) {
+            clear_current(&mut status);
+            return report(fail(status, failure));
+        }
+        return report(describe_container(status, session, pod, &record, now));
     }
 
-    if let TargetLookup::Found(pod) = target {
-        status.pod_name = pod.metadata.name.clone();
-        status.pod_uid = pod.metadata.uid.clone();
-        record_kubelet_states(session, pod, &mut status.containers, now);
+    if stands(session, prior) {
+        return report(status);
     }
-
-    // A failure of this attempt stands until spec.attempt is raised, except a
-    // start timeout that the kubelet overtook: a container that did start
-    // after all is reported as it is.
-    let started_late = prior.reason == Some(FailureReason::StartTimeout)
-        && status.containers.iter().any(|c| {
-            c.attempt == spec.attempt && matches!(c.state, ContainerState::Running | ContainerState::Terminated)
-        });
-    if prior.phase == Some(Phase::Failed) && prior.attempt == spec.attempt && !started_late {
-        return Plan::Report(finish(status, &prior, now));
-    }
-
-    if let Some(current) = status.containers.iter().find(|c| c.attempt == spec.attempt).cloned() {
-        status.attempt = spec.attempt;
-        return Plan::Report(finish(describe_container(status, session, &current, target, now), &prior, now));
-    }
-
-    // The requested attempt has no container yet. An earlier one still running keeps the stage.
+    // An earlier container that still runs keeps the stage: the API cannot stop it.
     if let Some(previous) = status.containers.last().cloned()
         && previous.state != ContainerState::Terminated
-        && prior.phase != Some(Phase::Failed)
+        && !(prior.phase == Some(Phase::Failed) && prior.attempt == previous.attempt)
     {
-        let mut waiting = describe_container(status.clone(), session, &previous, target, now);
+        status.attempt = previous.attempt;
+        let mut waiting = describe_container(status, session, pod, &previous, now);
         if waiting.phase != Some(Phase::Failed) {
             waiting.message = Some(format!(
-                "spec.attempt {} waits for debug container {} (attempt {}) to terminate: ephemeral containers cannot be stopped by the API",
-                spec.attempt, previous.name, previous.attempt
+                "spec.attempt {attempt} waits for debug container {} (attempt {}) to terminate: ephemeral containers cannot be stopped by the API",
+                previous.name, previous.attempt
             ));
-            return Plan::Report(finish(waiting, &prior, now));
         }
+        return report(waiting);
     }
 
-    status.attempt = spec.attempt;
+    status.attempt = attempt;
     clear_current(&mut status);
-    let pod = match target {
-        TargetLookup::Found(pod) => pod,
-        TargetLookup::Failed(failure) => return Plan::Report(finish(fail(status, failure.clone()), &prior, now)),
-    };
-    if let Some(failure) = unavailable {
-        return Plan::Report(finish(fail(status, failure.clone()), &prior, now));
-    }
-    let target_container = match check_target(pod, spec.target.container.as_deref()) {
-        Ok(name) => name,
-        Err(failure) => return Plan::Report(finish(fail(status, failure), &prior, now)),
-    };
-    let name = match choose_container_name(session, pod, spec.attempt) {
-        Ok(name) => name,
-        Err(taken) => {
-            let failure = Failure::new(
-                FailureReason::Invalid,
-                format!(
-                    "container name {taken} is already used by another container of pod {}",
-                    status.pod_name.as_deref().unwrap_or_default()
-                ),
-            );
-            return Plan::Report(finish(fail(status, failure), &prior, now));
+    match plan_injection(session, pod, observed.availability) {
+        Ok((container, target_container)) => {
+            status.phase = Some(Phase::Pending);
+            status.target_container_name = Some(target_container);
+            status.container_name = Some(container.name.clone());
+            status.message = Some(format!("adding debug container {} to pod {}", container.name, pod_name(pod)));
+            Decision { status, next: Next::Inject { pod: Box::new(pod.clone()), container: Box::new(container) } }
         }
-    };
-    status.phase = Some(Phase::Pending);
-    status.target_container_name = Some(target_container.clone());
-    status.container_name = Some(name.clone());
-    status.message =
-        Some(format!("adding debug container {name} to pod {}", status.pod_name.as_deref().unwrap_or_default()));
-    let container = Box::new(build_ephemeral_container(session, &name, &target_container));
-    Plan::Inject { container, status: finish(status, &prior, now) }
-}
-
-/// Records that the container of the current attempt is now in the pod.
-pub fn record_injection(status: &mut DebugSessionStatus, name: &str, attempt: i32, now: Timestamp) {
-    if !status.containers.iter().any(|c| c.name == name) {
-        status.containers.push(DebugContainerStatus {
-            name: name.to_string(),
-            attempt,
-            injected_at: Some(Time(now)),
-            ..Default::default()
-        });
+        Err(failure) => report(fail(status, failure)),
     }
 }
 
-/// Status for a failure of the current attempt that happened while writing (403, 422, ...).
-pub fn failed_status(
+/// The decision after the API server refused the container that `session`'s
+/// status (the claim) announced.
+pub fn refused(session: &DebugSession, failure: Failure, observed: &Observed) -> Decision {
+    let claim = session.status.clone().unwrap_or_default();
+    let mut status = claim.clone();
+    clear_current(&mut status);
+    finish(session, Decision { status: fail(status, failure), next: Next::Wait }, &claim, observed)
+}
+
+/// Checks what was read against the spec. The previous status only names the
+/// pod to look at first, and says whether containers were injected before.
+fn resolve<'a>(session: &DebugSession, prior: &DebugSessionStatus, pods: PodView<'a>) -> Resolved<'a> {
+    let target = &session.spec.target;
+    let holds_ours = |pod: &Pod| marked_containers(session, pod).iter().any(|m| !m.predecessor);
+    // The record of earlier injections, if it can be true: a by-name session only ever had that pod.
+    let consistent = target.pod.is_none() || prior.pod_name == target.pod;
+    let injected_before = consistent && !prior.containers.is_empty();
+    let replaced = |pod: &Pod| {
+        let name = pod_name(pod);
+        format!("pod {name} was replaced by a new pod of the same name; the debug containers went with the old one")
+    };
+    match pods {
+        PodView::NotRead => Resolved::Missing(Failure::new(FailureReason::TargetNotFound, "no pod was read")),
+        PodView::Named { name, pod: None } if injected_before => Resolved::Gone(format!("pod {name} was deleted")),
+        PodView::Named { name, pod: None } if target.pod.is_some() => {
+            Resolved::Missing(Failure::new(FailureReason::TargetNotFound, format!("pod {name} does not exist")))
+        }
+        PodView::Named { name, pod: None } => Resolved::Unpin(format!("pod {name}, picked earlier, no longer exists")),
+        PodView::Named { pod: Some(pod), .. } => {
+            let same_pod = prior.pod_uid.is_none() || prior.pod_uid == pod.metadata.uid;
+            if holds_ours(pod) {
+                Resolved::Pod(pod)
+            } else if injected_before && !same_pod {
+                Resolved::Gone(replaced(pod))
+            } else if satisfies(pod, target) {
+                Resolved::Pod(pod)
+            } else {
+                Resolved::Unpin(format!("pod {} does not match target.selector", pod_name(pod)))
+            }
+        }
+        PodView::Selected(candidates) => {
+            let ours = candidates.iter().find(|p| holds_ours(p));
+            let predecessors = candidates.iter().find(|p| !marked_containers(session, p).is_empty());
+            match ours.or(predecessors) {
+                Some(pod) => Resolved::Pod(pod),
+                None => {
+                    let shown = target.selector.as_ref().map(selector_text).unwrap_or_default();
+                    match pick_pod(candidates, &shown) {
+                        Ok(pod) => Resolved::Pod(pod),
+                        Err(failure) => Resolved::Missing(failure),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn selector_text(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
+    kube::core::Selector::try_from(selector.clone()).map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// A failure of the current attempt stands until spec.attempt is raised:
+/// nothing is retried behind the user's back.
+fn stands(session: &DebugSession, prior: &DebugSessionStatus) -> bool {
+    prior.phase == Some(Phase::Failed) && prior.attempt == session.spec.attempt
+}
+
+/// A start timeout that the kubelet overtook gives way to the container's real state.
+fn started_late(prior: &DebugSessionStatus, record: &DebugContainerStatus) -> bool {
+    prior.reason == Some(FailureReason::StartTimeout)
+        && matches!(record.state, ContainerState::Running | ContainerState::Terminated)
+}
+
+/// The pod is gone (or going): what finished stays finished, anything else is TargetGone.
+fn gone(
     session: &DebugSession,
-    status: DebugSessionStatus,
-    failure: Failure,
+    prior: &DebugSessionStatus,
+    mut status: DebugSessionStatus,
+    why: String,
     now: Timestamp,
 ) -> DebugSessionStatus {
-    let prior = session.status.clone().unwrap_or_default();
-    finish(fail(status, failure), &prior, now)
+    if prior.phase == Some(Phase::Failed) && prior.reason.is_some_and(FailureReason::is_permanent) {
+        return status;
+    }
+    let current = prior.containers.iter().find(|r| r.attempt == session.spec.attempt);
+    if let Some(record) = current.filter(|r| r.state == ContainerState::Terminated) {
+        status.attempt = session.spec.attempt;
+        let mut status = describe_terminated(status, record, now);
+        status.message = Some(format!("{}; since then, {why}", status.message.unwrap_or_default()));
+        return status;
+    }
+    status.attempt = session.spec.attempt;
+    clear_current(&mut status);
+    fail(status, Failure::new(FailureReason::TargetGone, why))
 }
 
-/// Updates the records of our containers from the pod, and adopts containers
-/// of ours that the records miss (e.g. the operator crashed after injecting);
-/// their start timeout counts from the adoption.
-fn record_kubelet_states(session: &DebugSession, pod: &Pod, records: &mut Vec<DebugContainerStatus>, now: Timestamp) {
-    let uid = session.metadata.uid.as_deref().unwrap_or_default();
-    for attempt in 0..=session.spec.attempt {
-        if records.iter().any(|r| r.attempt == attempt) {
-            continue;
-        }
-        if let Ok(name) = choose_container_name(session, pod, attempt)
-            && name_owner(pod, &name, uid) == NameOwner::ThisSession
-        {
-            records.push(DebugContainerStatus { name, attempt, injected_at: Some(Time(now)), ..Default::default() });
-        }
-    }
-    records.sort_by_key(|r| r.attempt);
+/// The session's containers as the pod shows them. The time each was added
+/// comes from the previous record when there is one, clamped to what can be
+/// true; a container without a record is adopted now.
+fn records(
+    marked: &[Marked],
+    pod: &Pod,
+    prior: &DebugSessionStatus,
+    session: &DebugSession,
+    now: Timestamp,
+) -> Vec<DebugContainerStatus> {
+    let created = session.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let statuses = pod.status.as_ref().and_then(|s| s.ephemeral_container_statuses.as_ref());
-    for record in records.iter_mut() {
-        if let Some(kubelet) = statuses.and_then(|all| all.iter().find(|s| s.name == record.name)) {
-            apply_kubelet_state(record, kubelet);
-        }
-    }
+    marked
+        .iter()
+        .map(|m| {
+            let name = &m.container.name;
+            let previous = prior.containers.iter().find(|r| r.name == *name && r.attempt == m.attempt);
+            let injected_at = previous
+                .and_then(|r| r.injected_at.as_ref())
+                .map(|t| t.0)
+                .filter(|t| *t <= now && created.is_none_or(|c| *t >= c))
+                .unwrap_or(now);
+            let mut record = DebugContainerStatus {
+                name: name.clone(),
+                attempt: m.attempt,
+                injected_at: Some(Time(injected_at)),
+                ..Default::default()
+            };
+            if let Some(kubelet) = statuses.and_then(|all| all.iter().find(|s| s.name == *name)) {
+                apply_kubelet_state(&mut record, kubelet);
+            }
+            record
+        })
+        .collect()
 }
 
 fn apply_kubelet_state(record: &mut DebugContainerStatus, kubelet: &ContainerStatus) {
@@ -175,50 +358,96 @@ fn apply_kubelet_state(record: &mut DebugContainerStatus, kubelet: &ContainerSta
         record.state = ContainerState::Terminated;
         record.exit_code = Some(t.exit_code);
         record.reason = t.reason.clone();
-        record.started_at = t.started_at.clone().or(record.started_at.clone());
+        record.kubelet_message = t.message.clone();
+        record.started_at = t.started_at.clone();
         record.finished_at = t.finished_at.clone();
     } else if let Some(r) = &state.running {
         record.state = ContainerState::Running;
-        record.reason = None;
         record.started_at = r.started_at.clone();
     } else if let Some(w) = &state.waiting {
-        // Terminated never goes back (it is a restartPolicy Never container).
-        if record.state != ContainerState::Terminated {
-            record.state = ContainerState::Waiting;
-            record.reason = w.reason.clone();
-        }
+        record.state = ContainerState::Waiting;
+        record.reason = w.reason.clone();
+        record.kubelet_message = w.message.clone();
     }
+}
+
+/// A container carrying the session's marker is only the session's if it is what the spec asks for.
+fn container_mismatch(session: &DebugSession, pod: &Pod, found: &Marked) -> Option<Failure> {
+    let target_container = found.container.target_container_name.clone().unwrap_or_default();
+    let wanted = build_ephemeral_container(session, &found.container.name, &target_container, found.attempt);
+    let requested = session.spec.target.container.as_deref();
+    let difference = mismatch(found.container, &wanted).or_else(|| {
+        requested
+            .filter(|r| *r != target_container)
+            .map(|r| format!("it shares the processes of container {target_container}, the spec asks for {r}"))
+    })?;
+    Some(Failure::new(
+        FailureReason::ContainerMismatch,
+        format!(
+            "pod {} holds debug container {} with this session's marker, but {difference}; it is not this session's, so it is reported and left alone",
+            pod_name(pod),
+            found.container.name
+        ),
+    ))
+}
+
+/// What to add for the current attempt, or why nothing can be added.
+fn plan_injection(
+    session: &DebugSession,
+    pod: &Pod,
+    availability: Option<&Availability>,
+) -> Result<(EphemeralContainer, String), Failure> {
+    match availability {
+        Some(Availability::Available(_)) => {}
+        Some(Availability::Unavailable(message)) => {
+            return Err(Failure::new(FailureReason::EphemeralContainersUnavailable, message.clone()));
+        }
+        None => return Err(Failure::new(FailureReason::EphemeralContainersUnavailable, "not checked")),
+    }
+    if !satisfies(pod, &session.spec.target) {
+        return Err(Failure::new(
+            FailureReason::TargetNotFound,
+            format!("pod {} no longer matches target.selector", pod_name(pod)),
+        ));
+    }
+    let target_container = check_target(pod, session.spec.target.container.as_deref())?;
+    let name = choose_container_name(session, pod, session.spec.attempt).map_err(|taken| {
+        Failure::new(
+            FailureReason::Invalid,
+            format!("container name {taken} is already used by another container of pod {}", pod_name(pod)),
+        )
+    })?;
+    let container = build_ephemeral_container(session, &name, &target_container, session.spec.attempt);
+    let bytes = container_bytes(&container);
+    if bytes > MAX_CONTAINER_BYTES {
+        return Err(Failure::new(
+            FailureReason::Invalid,
+            format!(
+                "the debug container would add {bytes} bytes to pod {}; at most {MAX_CONTAINER_BYTES} are allowed per attempt, since every attempt stays in the pod",
+                pod_name(pod)
+            ),
+        ));
+    }
+    Ok((container, target_container))
 }
 
 /// The status that the container of `record` gives the session.
 fn describe_container(
     mut status: DebugSessionStatus,
     session: &DebugSession,
+    pod: &Pod,
     record: &DebugContainerStatus,
-    target: TargetLookup,
     now: Timestamp,
 ) -> DebugSessionStatus {
     clear_current(&mut status);
     status.container_name = Some(record.name.clone());
-    let pod_name = status.pod_name.clone().unwrap_or_default();
-    let pod = match target {
-        TargetLookup::Found(pod) => pod,
-        // A container that finished stays finished when its pod goes away later.
-        TargetLookup::Failed(failure) if record.state == ContainerState::Terminated => {
-            let mut status = describe_terminated(status, record, now);
-            status.message = Some(format!("{}; since then, {}", status.message.unwrap_or_default(), failure.message));
-            return status;
-        }
-        TargetLookup::Failed(failure) => return fail(status, failure.clone()),
-    };
-    if status.target_container_name.is_none() {
-        status.target_container_name = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.ephemeral_containers.iter().flatten())
-            .find(|c| c.name == record.name)
-            .and_then(|c| c.target_container_name.clone());
-    }
+    let pod_name = pod_name(pod).to_string();
+    status.target_container_name = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.ephemeral_containers.iter().flatten())
+        .find(|c| c.name == record.name)
+        .and_then(|c| c.target_container_name.clone());
     match record.state {
         ContainerState::Running => {
             status.phase = Some(Phase::Running);
@@ -230,46 +459,69 @@ fn describe_container(
             status
         }
         ContainerState::Terminated => describe_terminated(status, record, now),
-        ContainerState::Unknown | ContainerState::Waiting => {
-            if pod.metadata.uid.is_some() && !crate::target::is_running(pod) {
-                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
-                return fail(
-                    status,
-                    Failure::new(
-                        FailureReason::TargetNotRunning,
-                        format!("pod {pod_name} is {phase}, so debug container {} will never start", record.name),
-                    ),
-                );
-            }
-            let timeout = SignedDuration::from_secs(session.spec.start_timeout_seconds.into());
-            let injected_at = record.injected_at.as_ref().map_or(now, |t| t.0);
-            if now.duration_since(injected_at) >= timeout {
-                let waiting = match &record.reason {
-                    Some(reason) => format!("it is still waiting ({reason})"),
-                    None => "the kubelet never reported it; is the EphemeralContainers feature gate on for this node's kubelet (needed on 1.16-1.22)?".to_string(),
-                };
-                return fail(
-                    status,
-                    Failure::new(
-                        FailureReason::StartTimeout,
-                        format!(
-                            "debug container {} did not start within {}s: {waiting}",
-                            record.name, session.spec.start_timeout_seconds
-                        ),
-                    ),
-                );
-            }
-            status.phase = Some(Phase::Injected);
-            status.waiting_reason = record.reason.clone();
-            status.message = Some(match &record.reason {
-                Some(reason) => format!("debug container {} is in pod {pod_name}, waiting: {reason}", record.name),
-                None => {
-                    format!("debug container {} is in pod {pod_name}; waiting for the kubelet to start it", record.name)
-                }
-            });
-            status
-        }
+        ContainerState::Unknown | ContainerState::Waiting => describe_waiting(status, session, pod, record, now),
     }
+}
+
+fn describe_waiting(
+    mut status: DebugSessionStatus,
+    session: &DebugSession,
+    pod: &Pod,
+    record: &DebugContainerStatus,
+    now: Timestamp,
+) -> DebugSessionStatus {
+    let pod_name = pod_name(pod);
+    let name = &record.name;
+    let kubelet_says = || {
+        let reason = record.reason.as_deref().unwrap_or("waiting");
+        match record.kubelet_message.as_deref() {
+            Some(message) if !message.is_empty() => format!("{reason}: {message}"),
+            _ => reason.to_string(),
+        }
+    };
+    if is_terminating(pod) {
+        let failure = Failure::new(
+            FailureReason::TargetGone,
+            format!("pod {pod_name} is being deleted, so debug container {name} will never start"),
+        );
+        return fail(status, failure);
+    }
+    if !crate::target::is_running(pod) {
+        let failure = Failure::new(
+            FailureReason::TargetNotRunning,
+            format!("pod {pod_name} is {}, so debug container {name} will never start", describe_phase(pod)),
+        );
+        return fail(status, failure);
+    }
+    if record.reason.as_deref().is_some_and(|r| DEFINITE_WAITING_REASONS.contains(&r)) {
+        let failure = Failure::new(
+            FailureReason::CannotStart,
+            format!("the kubelet cannot start debug container {name}: {}", kubelet_says()),
+        );
+        status.waiting_reason = record.reason.clone();
+        return fail(status, failure);
+    }
+    let timeout = SignedDuration::from_secs(session.spec.start_timeout_seconds.into());
+    let injected_at = record.injected_at.as_ref().map_or(now, |t| t.0);
+    if now.duration_since(injected_at) >= timeout {
+        let waiting = match &record.reason {
+            Some(_) => format!("it is still waiting ({})", kubelet_says()),
+            None => "the kubelet never reported it; is the EphemeralContainers feature gate on for this node's kubelet (needed before 1.23)?".to_string(),
+        };
+        let failure = Failure::new(
+            FailureReason::StartTimeout,
+            format!("debug container {name} did not start within {}s: {waiting}", session.spec.start_timeout_seconds),
+        );
+        status.waiting_reason = record.reason.clone();
+        return fail(status, failure);
+    }
+    status.phase = Some(Phase::Injected);
+    status.waiting_reason = record.reason.clone();
+    status.message = Some(match &record.reason {
+        Some(_) => format!("debug container {name} is in pod {pod_name}, waiting: {}", kubelet_says()),
+        None => format!("debug container {name} is in pod {pod_name}; waiting for the kubelet to start it"),
+    });
+    status
 }
 
 fn describe_terminated(
@@ -277,6 +529,8 @@ fn describe_terminated(
     record: &DebugContainerStatus,
     now: Timestamp,
 ) -> DebugSessionStatus {
+    clear_current(&mut status);
+    status.container_name = Some(record.name.clone());
     status.phase = Some(Phase::Terminated);
     status.exit_code = record.exit_code;
     status.exit_reason = record.reason.clone();
@@ -303,63 +557,36 @@ fn clear_current(status: &mut DebugSessionStatus) {
 
 fn fail(mut status: DebugSessionStatus, failure: Failure) -> DebugSessionStatus {
     status.attach_command = None;
-    status.waiting_reason = None;
     status.phase = Some(Phase::Failed);
     status.reason = Some(failure.reason);
-    let hint = if failure.reason.is_permanent() {
-        "create a new DebugSession to debug another pod"
-    } else {
-        "raise spec.attempt to try again"
-    };
-    status.message = Some(format!("{}; {hint}", failure.message));
+    status.message = Some(format!("{}; {}", failure.message, failure.reason.hint()));
+    if failure.reason == FailureReason::Invalid
+        && !status.containers.iter().any(|c| Some(&c.name) == status.container_name.as_ref())
+    {
+        // e.g. a name collision: the name belongs to someone else's container.
+        status.container_name = None;
+    }
     status
 }
 
-/// Fills in the timestamps and conditions that follow from the phase, keeping
-/// those of `prior` that did not change.
-fn finish(mut status: DebugSessionStatus, prior: &DebugSessionStatus, now: Timestamp) -> DebugSessionStatus {
+/// Fills in what follows from the decision: failure time, conditions, TTL.
+fn finish(session: &DebugSession, mut decision: Decision, prior: &DebugSessionStatus, observed: &Observed) -> Decision {
+    let now = observed.now;
+    let status = &mut decision.status;
     if status.phase == Some(Phase::Failed) {
-        let same_failure = prior.phase == Some(Phase::Failed) && prior.attempt == status.attempt;
+        let same_failure =
+            prior.phase == Some(Phase::Failed) && prior.attempt == status.attempt && prior.reason == status.reason;
         status.finished_at = if same_failure { prior.finished_at.clone() } else { None }.or(Some(Time(now)));
     }
-    status.conditions = conditions(&status, &prior.conditions, now);
-    status
-}
-
-fn conditions(status: &DebugSessionStatus, prior: &[Condition], now: Timestamp) -> Vec<Condition> {
-    let phase = status.phase.unwrap_or(Phase::Pending);
-    let reason = status.reason.map_or(phase.as_str(), FailureReason::as_str);
-    let message = status.message.clone().unwrap_or_default();
-    let unavailable = status.reason == Some(FailureReason::EphemeralContainersUnavailable);
-    let injected = matches!(phase, Phase::Injected | Phase::Running | Phase::Terminated)
-        || status.containers.iter().any(|c| c.attempt == status.attempt);
-    let wanted = [
-        ("Ready", matches!(phase, Phase::Running | Phase::Terminated)),
-        ("Reconciling", matches!(phase, Phase::Pending | Phase::Injected)),
-        ("Stalled", phase == Phase::Failed),
-        ("Injected", injected),
-        ("Attachable", phase == Phase::Running),
-        ("EphemeralContainersAvailable", !unavailable),
-    ];
-    wanted
-        .into_iter()
-        .map(|(type_, true_)| {
-            let status_str = if true_ { "True" } else { "False" };
-            let previous = prior.iter().find(|c| c.type_ == type_);
-            let last_transition_time = match previous {
-                Some(p) if p.status == status_str => p.last_transition_time.clone(),
-                _ => Time(now),
-            };
-            Condition {
-                type_: type_.to_string(),
-                status: status_str.to_string(),
-                reason: reason.to_string(),
-                message: message.clone(),
-                last_transition_time,
-                observed_generation: status.observed_generation,
-            }
-        })
-        .collect()
+    status.conditions = conditions(session, status, &prior.conditions, observed.availability, now);
+    if decision.next == Next::Wait {
+        let mut settled = session.clone();
+        settled.status = Some(status.clone());
+        if ttl_deadline(&settled, status).is_some_and(|deadline| now >= deadline) && is_settled(&settled) {
+            decision.next = Next::Delete;
+        }
+    }
+    decision
 }
 
 /// When the session needs another look even if nothing it watches changes.
@@ -400,7 +627,7 @@ pub struct Transition {
 /// The events that tell the story of going from `old` to `new`.
 pub fn transitions(old: &DebugSessionStatus, new: &DebugSessionStatus) -> Vec<Transition> {
     let mut events = Vec::new();
-    if old.pod_uid.is_none() && new.pod_uid.is_some() {
+    if new.pod_uid.is_some() && old.pod_uid != new.pod_uid {
         events.push(Transition {
             warning: false,
             reason: "TargetSelected".into(),
@@ -413,7 +640,7 @@ pub fn transitions(old: &DebugSessionStatus, new: &DebugSessionStatus) -> Vec<Tr
                 warning: false,
                 reason: "Injected".into(),
                 note: format!(
-                    "added debug container {} (attempt {}) to pod {}",
+                    "debug container {} (attempt {}) is in pod {}",
                     record.name,
                     record.attempt,
                     new.pod_name.as_deref().unwrap_or_default()

@@ -1,22 +1,25 @@
 use super::*;
 use crate::crd::DebugSessionSpec;
 use crate::debug_container::build_ephemeral_container;
+use crate::ephemeral_api::ApiShape;
 use crate::target::MIRROR_POD_ANNOTATION;
 use k8s_openapi::api::core::v1::{
     Container, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, PodSpec, PodStatus,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::collections::BTreeMap;
 
 const UID: &str = "abcde123-4567";
 const T0: i64 = 1_800_000_000;
+const SERVED: Availability = Availability::Available(ApiShape::PodSubresource);
 
 fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(T0 + secs).unwrap()
 }
 
-fn session(attempt: i32, status: Option<DebugSessionStatus>) -> DebugSession {
+fn session_for(target: serde_json::Value, attempt: i32, status: Option<DebugSessionStatus>) -> DebugSession {
     let spec: DebugSessionSpec = serde_json::from_value(serde_json::json!({
-        "target": { "pod": "web" },
+        "target": target,
         "image": "busybox",
         "attempt": attempt,
         "startTimeoutSeconds": 60,
@@ -26,20 +29,33 @@ fn session(attempt: i32, status: Option<DebugSessionStatus>) -> DebugSession {
     s.metadata.namespace = Some("ns".into());
     s.metadata.uid = Some(UID.into());
     s.metadata.generation = Some(attempt as i64 + 1);
+    s.metadata.creation_timestamp = Some(Time(at(-100)));
     s.status = status;
     s
 }
 
-/// A Running pod `web` with container `app`, holding our debug containers in the given kubelet states.
-fn pod(phase: &str, ours: &[(&str, Option<k8s_openapi::api::core::v1::ContainerState>)]) -> Pod {
+fn session(attempt: i32, status: Option<DebugSessionStatus>) -> DebugSession {
+    session_for(serde_json::json!({ "pod": "web" }), attempt, status)
+}
+
+type KubeletState = Option<k8s_openapi::api::core::v1::ContainerState>;
+
+/// A pod `name` with container `app`, holding session s1's debug containers in the given kubelet states.
+fn named_pod(name: &str, phase: &str, ours: &[(&str, KubeletState)]) -> Pod {
     let s = session(0, None);
     let mut p = Pod::default();
-    p.metadata.name = Some("web".into());
+    p.metadata.name = Some(name.into());
     p.metadata.namespace = Some("ns".into());
-    p.metadata.uid = Some("pod-uid".into());
+    p.metadata.uid = Some(format!("{name}-uid"));
+    p.metadata.labels = Some(BTreeMap::from([("app".into(), "web".into())]));
+    let attempt_of = |n: &str| {
+        n.rsplit_once('-').and_then(|(_, a)| a.parse().ok()).filter(|_| n.matches('-').count() > 1).unwrap_or(0)
+    };
     p.spec = Some(PodSpec {
         containers: vec![Container { name: "app".into(), ..Default::default() }],
-        ephemeral_containers: Some(ours.iter().map(|(n, _)| build_ephemeral_container(&s, n, "app")).collect()),
+        ephemeral_containers: Some(
+            ours.iter().map(|(n, _)| build_ephemeral_container(&s, n, "app", attempt_of(n))).collect(),
+        ),
         ..Default::default()
     });
     p.status = Some(PodStatus {
@@ -55,21 +71,25 @@ fn pod(phase: &str, ours: &[(&str, Option<k8s_openapi::api::core::v1::ContainerS
     p
 }
 
-fn waiting(reason: &str) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+fn pod(phase: &str, ours: &[(&str, KubeletState)]) -> Pod {
+    named_pod("web", phase, ours)
+}
+
+fn waiting(reason: &str, message: Option<&str>) -> KubeletState {
     Some(k8s_openapi::api::core::v1::ContainerState {
-        waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: None }),
+        waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: message.map(String::from) }),
         ..Default::default()
     })
 }
 
-fn running() -> Option<k8s_openapi::api::core::v1::ContainerState> {
+fn running() -> KubeletState {
     Some(k8s_openapi::api::core::v1::ContainerState {
         running: Some(ContainerStateRunning { started_at: Some(Time(at(5))) }),
         ..Default::default()
     })
 }
 
-fn terminated(code: i32) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+fn terminated(code: i32) -> KubeletState {
     Some(k8s_openapi::api::core::v1::ContainerState {
         terminated: Some(ContainerStateTerminated {
             exit_code: code,
@@ -92,17 +112,34 @@ fn injected(records: Vec<DebugContainerStatus>, attempt: i32, phase: Phase) -> D
         phase: Some(phase),
         attempt,
         pod_name: Some("web".into()),
-        pod_uid: Some("pod-uid".into()),
+        pod_uid: Some("web-uid".into()),
         containers: records,
         ..Default::default()
     }
 }
 
-fn condition(status: &DebugSessionStatus, type_: &str) -> String {
-    status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone()).unwrap_or_default()
+fn failed_status(reason: FailureReason, attempt: i32) -> DebugSessionStatus {
+    DebugSessionStatus { reason: Some(reason), ..injected(vec![], attempt, Phase::Failed) }
 }
 
-/// What one case expects of the plan.
+fn condition<'a>(status: &'a DebugSessionStatus, type_: &str) -> &'a Condition {
+    status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no condition {type_}"))
+}
+
+/// Decides with the pod `web` as read by name (or `None` for a 404).
+fn decide_on(session: &DebugSession, pod: Option<&Pod>, availability: Option<&Availability>, secs: i64) -> Decision {
+    let observed = Observed { pods: PodView::Named { name: "web", pod }, availability, now: at(secs) };
+    decide(session, &observed)
+}
+
+fn injects(decision: &Decision) -> Option<&str> {
+    match &decision.next {
+        Next::Inject { container, .. } => Some(container.name.as_str()),
+        _ => None,
+    }
+}
+
+/// What one case expects of the decision.
 #[derive(Debug)]
 struct Want {
     inject: Option<&'static str>,
@@ -120,145 +157,313 @@ const fn failed(reason: FailureReason) -> Want {
     Want { inject: None, phase: Phase::Failed, reason: Some(reason), container: None, attempt: 0 }
 }
 
+const fn injecting(name: &'static str, attempt: i32) -> Want {
+    Want { inject: Some(name), phase: Phase::Pending, reason: None, container: Some(name), attempt }
+}
+
 #[test]
 #[allow(clippy::type_complexity)]
-fn plans_follow_the_pod_and_the_kubelet() {
+fn decisions_follow_the_pod_and_the_kubelet() {
     use ContainerState as S;
     use FailureReason as R;
-    let not_found = Failure::new(R::TargetNotFound, "pod web does not exist");
-    let gone = Failure::new(R::TargetGone, "pod web was deleted");
-    let unavailable = Failure::new(R::EphemeralContainersUnavailable, "off");
+    let unavailable = Availability::Unavailable("turn the gate on".into());
     let mut mirror = pod("Running", &[]);
     mirror.metadata.annotations = Some(BTreeMap::from([(MIRROR_POD_ANNOTATION.into(), "x".into())]));
-    let failed_attempt_0 =
-        DebugSessionStatus { phase: Some(Phase::Failed), reason: Some(R::TargetNotRunning), ..Default::default() };
+    let mut terminating = pod("Running", &[("debugger-abcde", waiting("ContainerCreating", None))]);
+    terminating.metadata.deletion_timestamp = Some(Time(at(5)));
+    let mut terminating_empty = pod("Running", &[]);
+    terminating_empty.metadata.deletion_timestamp = Some(Time(at(5)));
+    let mut replaced = pod("Running", &[]);
+    replaced.metadata.uid = Some("new-uid".into());
     let one_terminated = injected(vec![record("debugger-abcde", 0, S::Terminated)], 0, Phase::Terminated);
     let one_running = injected(vec![record("debugger-abcde", 0, S::Running)], 0, Phase::Running);
-    let gone_status = DebugSessionStatus { reason: Some(R::TargetGone), ..injected(vec![], 0, Phase::Failed) };
+    let one_unknown = injected(vec![record("debugger-abcde", 0, S::Unknown)], 0, Phase::Injected);
+    let timed_out = DebugSessionStatus {
+        reason: Some(R::StartTimeout),
+        ..injected(vec![record("debugger-abcde", 0, S::Waiting)], 0, Phase::Failed)
+    };
 
     #[rustfmt::skip]
-    let cases: Vec<(&str, DebugSession, Result<Pod, Failure>, Option<&Failure>, i64, Want)> = vec![
+    let cases: Vec<(&str, DebugSession, Option<Pod>, Option<&Availability>, i64, Want)> = vec![
         ("fresh session injects the default name",
-            session(0, None), Ok(pod("Running", &[])), None, 0,
-            Want { inject: Some("debugger-abcde"), ..want(Phase::Pending, Some("debugger-abcde")) }),
+            session(0, None), Some(pod("Running", &[])), Some(&SERVED), 0, injecting("debugger-abcde", 0)),
         ("ephemeral containers unavailable",
-            session(0, None), Ok(pod("Running", &[])), Some(&unavailable), 0, failed(R::EphemeralContainersUnavailable)),
+            session(0, None), Some(pod("Running", &[])), Some(&unavailable), 0, failed(R::EphemeralContainersUnavailable)),
+        ("unavailable wins over a missing pod",
+            session(0, None), None, Some(&unavailable), 0, failed(R::EphemeralContainersUnavailable)),
         ("pod not found",
-            session(0, None), Err(not_found.clone()), None, 0, failed(R::TargetNotFound)),
+            session(0, None), None, Some(&SERVED), 0, failed(R::TargetNotFound)),
         ("pod pending",
-            session(0, None), Ok(pod("Pending", &[])), None, 0, failed(R::TargetNotRunning)),
+            session(0, None), Some(pod("Pending", &[])), Some(&SERVED), 0, failed(R::TargetNotRunning)),
+        ("pod terminating before injection",
+            session(0, None), Some(terminating_empty), Some(&SERVED), 0, failed(R::TargetNotRunning)),
         ("static pod",
-            session(0, None), Ok(mirror.clone()), None, 0, failed(R::StaticPodUnsupported)),
+            session(0, None), Some(mirror), Some(&SERVED), 0, failed(R::StaticPodUnsupported)),
         ("injected, no kubelet status yet",
-            session(0, Some(injected(vec![record("debugger-abcde", 0, S::Unknown)], 0, Phase::Injected))),
-            Ok(pod("Running", &[("debugger-abcde", None)])), None, 10,
+            session(0, Some(one_unknown.clone())), Some(pod("Running", &[("debugger-abcde", None)])), Some(&SERVED), 10,
             want(Phase::Injected, Some("debugger-abcde"))),
         ("no kubelet status past the start timeout",
-            session(0, Some(injected(vec![record("debugger-abcde", 0, S::Unknown)], 0, Phase::Injected))),
-            Ok(pod("Running", &[("debugger-abcde", None)])), None, 61, failed(R::StartTimeout)),
+            session(0, Some(one_unknown.clone())), Some(pod("Running", &[("debugger-abcde", None)])), Some(&SERVED), 61,
+            failed(R::StartTimeout)),
         ("image pull failing past the start timeout",
-            session(0, Some(injected(vec![record("debugger-abcde", 0, S::Unknown)], 0, Phase::Injected))),
-            Ok(pod("Running", &[("debugger-abcde", waiting("ErrImagePull"))])), None, 60, failed(R::StartTimeout)),
+            session(0, Some(one_unknown.clone())), Some(pod("Running", &[("debugger-abcde", waiting("ErrImagePull", None))])),
+            Some(&SERVED), 60, failed(R::StartTimeout)),
+        ("an image that can never be a name fails at once",
+            session(0, Some(one_unknown.clone())),
+            Some(pod("Running", &[("debugger-abcde", waiting("InvalidImageName", Some("couldn't parse image reference")))])),
+            Some(&SERVED), 2, failed(R::CannotStart)),
+        ("a missing secret fails at once",
+            session(0, Some(one_unknown.clone())),
+            Some(pod("Running", &[("debugger-abcde", waiting("CreateContainerConfigError", Some("secret \"x\" not found")))])),
+            Some(&SERVED), 2, failed(R::CannotStart)),
         ("running",
-            session(0, Some(injected(vec![record("debugger-abcde", 0, S::Unknown)], 0, Phase::Injected))),
-            Ok(pod("Running", &[("debugger-abcde", running())])), None, 10,
+            session(0, Some(one_unknown.clone())), Some(pod("Running", &[("debugger-abcde", running())])), Some(&SERVED), 10,
             want(Phase::Running, Some("debugger-abcde"))),
         ("terminated",
-            session(0, Some(one_running.clone())),
-            Ok(pod("Running", &[("debugger-abcde", terminated(3))])), None, 10,
+            session(0, Some(one_running.clone())), Some(pod("Running", &[("debugger-abcde", terminated(3))])), Some(&SERVED), 10,
             want(Phase::Terminated, Some("debugger-abcde"))),
         ("container of ours found without a record is adopted, not injected again",
-            session(0, None), Ok(pod("Running", &[("debugger-abcde", running())])), None, 10,
+            session(0, None), Some(pod("Running", &[("debugger-abcde", running())])), Some(&SERVED), 10,
             want(Phase::Running, Some("debugger-abcde"))),
         ("raised attempt after termination injects the next name",
-            session(1, Some(one_terminated.clone())),
-            Ok(pod("Running", &[("debugger-abcde", terminated(0))])), None, 10,
-            Want { inject: Some("debugger-abcde-1"), attempt: 1, ..want(Phase::Pending, Some("debugger-abcde-1")) }),
+            session(1, Some(one_terminated.clone())), Some(pod("Running", &[("debugger-abcde", terminated(0))])), Some(&SERVED), 10,
+            injecting("debugger-abcde-1", 1)),
         ("raised attempt waits while the previous container runs",
-            session(1, Some(one_running.clone())),
-            Ok(pod("Running", &[("debugger-abcde", running())])), None, 10,
+            session(1, Some(one_running.clone())), Some(pod("Running", &[("debugger-abcde", running())])), Some(&SERVED), 10,
             want(Phase::Running, Some("debugger-abcde"))),
         ("a failure stands for its attempt",
-            session(0, Some(failed_attempt_0.clone())), Ok(pod("Running", &[])), None, 10,
+            session(0, Some(failed_status(R::TargetNotRunning, 0))), Some(pod("Running", &[])), Some(&SERVED), 10,
             failed(R::TargetNotRunning)),
-        ("a raised attempt retries after a failure",
-            session(1, Some(failed_attempt_0)), Ok(pod("Running", &[])), None, 10,
-            Want { inject: Some("debugger-abcde-1"), attempt: 1, ..want(Phase::Pending, Some("debugger-abcde-1")) }),
-        ("pinned pod deleted",
-            session(0, Some(one_running.clone())), Err(gone.clone()), None, 10,
-            want(Phase::Failed, Some("debugger-abcde"))),
+        ("a raised attempt tries again after a failure",
+            session(1, Some(failed_status(R::TargetNotRunning, 0))), Some(pod("Running", &[])), Some(&SERVED), 10,
+            injecting("debugger-abcde-1", 1)),
+        ("pinned pod deleted while the container runs",
+            session(0, Some(one_running.clone())), None, Some(&SERVED), 10, failed(R::TargetGone)),
+        ("pinned pod replaced by one of the same name",
+            session(0, Some(one_running.clone())), Some(replaced), Some(&SERVED), 10, failed(R::TargetGone)),
+        ("pod deleted while the container waits",
+            session(0, Some(one_unknown.clone())), Some(terminating), Some(&SERVED), 10, failed(R::TargetGone)),
         ("a start timeout overtaken by the kubelet reports the running container",
-            session(0, Some(DebugSessionStatus { reason: Some(R::StartTimeout),
-                ..injected(vec![record("debugger-abcde", 0, S::Waiting)], 0, Phase::Failed) })),
-            Ok(pod("Running", &[("debugger-abcde", running())])), None, 90,
+            session(0, Some(timed_out.clone())), Some(pod("Running", &[("debugger-abcde", running())])), Some(&SERVED), 90,
             want(Phase::Running, Some("debugger-abcde"))),
         ("a start timeout still waiting stands",
-            session(0, Some(DebugSessionStatus { reason: Some(R::StartTimeout),
-                ..injected(vec![record("debugger-abcde", 0, S::Waiting)], 0, Phase::Failed) })),
-            Ok(pod("Running", &[("debugger-abcde", waiting("ErrImagePull"))])), None, 90,
-            failed(R::StartTimeout)),
+            session(0, Some(timed_out.clone())), Some(pod("Running", &[("debugger-abcde", waiting("ErrImagePull", None))])),
+            Some(&SERVED), 90, failed(R::StartTimeout)),
         ("a finished session stays Terminated when its pod is deleted later",
-            session(0, Some(one_terminated.clone())), Err(gone.clone()), None, 10,
+            session(0, Some(one_terminated.clone())), None, Some(&SERVED), 10,
             want(Phase::Terminated, Some("debugger-abcde"))),
         ("raising the attempt after the pod was deleted is TargetGone",
-            session(1, Some(one_terminated.clone())), Err(gone.clone()), None, 10,
-            Want { attempt: 1, ..failed(R::TargetGone) }),
+            session(1, Some(one_terminated.clone())), None, Some(&SERVED), 10, Want { attempt: 1, ..failed(R::TargetGone) }),
         ("target gone is permanent",
-            session(3, Some(gone_status)), Ok(pod("Running", &[])), None, 10,
+            session(3, Some(failed_status(R::TargetGone, 0))), Some(pod("Running", &[])), Some(&SERVED), 10,
             failed(R::TargetGone)),
         ("pod finished before the container started",
-            session(0, Some(injected(vec![record("debugger-abcde", 0, S::Unknown)], 0, Phase::Injected))),
-            Ok(pod("Succeeded", &[("debugger-abcde", None)])), None, 10, failed(R::TargetNotRunning)),
+            session(0, Some(one_unknown.clone())), Some(pod("Succeeded", &[("debugger-abcde", None)])), Some(&SERVED), 10,
+            failed(R::TargetNotRunning)),
+        ("attempt lowered where no CEL refused it (Kubernetes < 1.25)",
+            session(0, None), Some(pod("Running", &[("debugger-abcde", terminated(0)), ("debugger-abcde-1", terminated(0))])),
+            Some(&SERVED), 10, failed(R::Invalid)),
     ];
-    for (what, session, lookup, unavailable, secs, want) in cases {
-        let lookup = match &lookup {
-            Ok(pod) => TargetLookup::Found(pod),
-            Err(failure) => TargetLookup::Failed(failure),
-        };
-        let plan = plan(&session, lookup, unavailable, at(secs));
-        let status = plan.status();
-        match (&plan, want.inject) {
-            (Plan::Inject { container, .. }, Some(name)) => assert_eq!(container.name, name, "{what}"),
-            (Plan::Report(_), None) => {}
-            _ => panic!("{what}: expected inject {:?}, got {plan:?}", want.inject),
-        }
+    for (what, session, pod, availability, secs, want) in cases {
+        let decision = decide_on(&session, pod.as_ref(), availability, secs);
+        let status = &decision.status;
+        assert_eq!(injects(&decision), want.inject, "{what}: {decision:?}");
         assert_eq!(status.phase, Some(want.phase), "{what}: {status:?}");
-        if want.phase == Phase::Failed {
-            assert_eq!(status.reason, want.reason.or(Some(R::TargetGone)), "{what}");
-        } else {
-            assert_eq!(status.reason, None, "{what}");
-        }
+        assert_eq!(status.reason, want.reason, "{what}: {:?}", status.message);
         if want.container.is_some() {
             assert_eq!(status.container_name.as_deref(), want.container, "{what}");
         }
         assert_eq!(status.attempt, want.attempt, "{what}");
         assert_eq!(status.observed_generation, session.metadata.generation, "{what}");
-        assert_eq!(
-            condition(status, "Attachable"),
-            if want.phase == Phase::Running { "True" } else { "False" },
-            "{what}"
-        );
-        assert_eq!(condition(status, "Stalled"), if want.phase == Phase::Failed { "True" } else { "False" }, "{what}");
+        let is = |type_| condition(status, type_).status.as_str();
+        assert_eq!(is("Attachable"), if want.phase == Phase::Running { "True" } else { "False" }, "{what}");
+        assert_eq!(is("Stalled"), if want.phase == Phase::Failed { "True" } else { "False" }, "{what}");
+        if want.phase == Phase::Failed {
+            let stalled = condition(status, "Stalled");
+            assert_eq!(Some(stalled.reason.as_str()), want.reason.map(FailureReason::as_str), "{what}");
+        }
     }
+}
+
+#[test]
+fn a_forged_status_never_redirects_an_injection() {
+    // Someone who may write only the status points the session at another pod
+    // and claims a container there.
+    let forged = DebugSessionStatus {
+        pod_name: Some("payments".into()),
+        pod_uid: Some("payments-uid".into()),
+        containers: vec![record("debugger-abcde", 0, ContainerState::Running)],
+        phase: Some(Phase::Running),
+        ..Default::default()
+    };
+    let s = session(0, Some(forged));
+    // reads_for names the spec's pod, not the status's.
+    assert_eq!(crate::reads::reads_for(&s, false).pods, crate::reads::PodReads::Named("web".into()));
+    let web = pod("Running", &[]);
+    let decision = decide_on(&s, Some(&web), Some(&SERVED), 1);
+    let Next::Inject { pod: into, .. } = &decision.next else { panic!("{decision:?}") };
+    assert_eq!(into.metadata.name.as_deref(), Some("web"), "only the spec's pod");
+    assert_eq!(decision.status.pod_name.as_deref(), Some("web"), "status corrected");
+    assert_eq!(decision.status.pod_uid.as_deref(), Some("web-uid"));
+    assert!(decision.status.containers.is_empty(), "the fake record is gone");
+}
+
+#[test]
+fn a_selector_pin_is_checked_against_the_selector() {
+    let target = serde_json::json!({ "selector": { "matchLabels": { "app": "web" } } });
+    let pinned = |pod: &str| DebugSessionStatus {
+        pod_name: Some(pod.into()),
+        pod_uid: Some(format!("{pod}-uid")),
+        phase: Some(Phase::Pending),
+        ..Default::default()
+    };
+    let s = session_for(target.clone(), 0, Some(pinned("db")));
+    let mut db = named_pod("db", "Running", &[]);
+    db.metadata.labels = Some(BTreeMap::from([("app".into(), "db".into())]));
+    let observed =
+        Observed { pods: PodView::Named { name: "db", pod: Some(&db) }, availability: Some(&SERVED), now: at(1) };
+    let decision = decide(&s, &observed);
+    assert_eq!(decision.next, Next::LookAgain, "{decision:?}");
+    assert_eq!(decision.status.pod_name, None, "the pin is dropped, not obeyed");
+
+    // A pinned pod that matches and was claimed before a crash gets the container.
+    let s = session_for(target.clone(), 0, Some(pinned("web-2")));
+    let web2 = named_pod("web-2", "Running", &[]);
+    let observed =
+        Observed { pods: PodView::Named { name: "web-2", pod: Some(&web2) }, availability: Some(&SERVED), now: at(1) };
+    assert_eq!(injects(&decide(&s, &observed)), Some("debugger-abcde"));
+
+    // Choosing among candidates prefers the pod that already holds our container.
+    let s = session_for(target, 0, None);
+    let candidates =
+        [named_pod("web-1", "Running", &[]), named_pod("web-2", "Running", &[("debugger-abcde", running())])];
+    let observed = Observed { pods: PodView::Selected(&candidates), availability: Some(&SERVED), now: at(1) };
+    let decision = decide(&s, &observed);
+    assert_eq!(decision.status.pod_name.as_deref(), Some("web-2"));
+    assert_eq!(decision.status.phase, Some(Phase::Running));
+}
+
+#[test]
+fn a_planted_container_is_reported_not_adopted() {
+    let s = session(0, None);
+    let mut p = pod("Running", &[("debugger-abcde", running())]);
+    let planted = &mut p.spec.as_mut().unwrap().ephemeral_containers.as_mut().unwrap()[0];
+    planted.image = Some("evil:latest".into());
+    planted.security_context = crate::debug_container::security_context(crate::crd::Profile::Sysadmin);
+    let decision = decide_on(&s, Some(&p), Some(&SERVED), 1);
+    assert_eq!(decision.next, Next::Wait);
+    assert_eq!(decision.status.reason, Some(FailureReason::ContainerMismatch));
+    assert!(decision.status.message.as_deref().unwrap().contains("evil:latest"), "{:?}", decision.status.message);
+}
+
+#[test]
+fn a_recreated_session_adopts_its_predecessors_containers() {
+    // GitOps deleted the session after its TTL and created it again: same name, new UID.
+    let predecessor = session(0, None);
+    let mut s = session(0, None);
+    s.metadata.uid = Some("99999999-new".into());
+    let mut p = pod("Running", &[]);
+    let old = build_ephemeral_container(&predecessor, "debugger-abcde", "app", 0);
+    p.spec.as_mut().unwrap().ephemeral_containers = Some(vec![old]);
+    p.status.as_mut().unwrap().ephemeral_container_statuses =
+        Some(vec![ContainerStatus { name: "debugger-abcde".into(), state: terminated(0), ..Default::default() }]);
+    let decision = decide_on(&s, Some(&p), Some(&SERVED), 1);
+    assert_eq!(decision.next, Next::Wait, "no second container: {decision:?}");
+    assert_eq!(decision.status.phase, Some(Phase::Terminated));
+    assert_eq!(decision.status.container_name.as_deref(), Some("debugger-abcde"));
+
+    // A higher attempt gets a container of its own.
+    s.spec.attempt = 1;
+    assert_eq!(injects(&decide_on(&s, Some(&p), Some(&SERVED), 1)), Some("debugger-99999-1"));
+}
+
+#[test]
+fn bad_input_fails_at_once_with_the_reason() {
+    let mut bad = session(0, None);
+    bad.spec.target.pod = Some("a b".into());
+    let decision = decide_on(&bad, None, None, 0);
+    assert_eq!(decision.status.reason, Some(FailureReason::Invalid));
+    assert!(decision.status.message.as_deref().unwrap().contains("not a pod name"));
+
+    let mut huge = session(0, None);
+    huge.spec.command = Some(vec!["x".repeat(4096); 16]);
+    let decision = decide_on(&huge, Some(&pod("Running", &[])), Some(&SERVED), 0);
+    assert_eq!(decision.status.reason, Some(FailureReason::Invalid));
+    assert!(decision.status.message.as_deref().unwrap().contains("bytes"), "{:?}", decision.status.message);
+
+    let mut deleting = session(0, None);
+    deleting.metadata.deletion_timestamp = Some(Time(at(0)));
+    assert_eq!(injects(&decide_on(&deleting, Some(&pod("Running", &[])), Some(&SERVED), 0)), None);
+}
+
+#[test]
+fn a_name_taken_by_someone_else_is_not_shown_as_ours() {
+    let mut s = session(0, None);
+    s.spec.container_name = Some("dbg".into());
+    let mut p = pod("Running", &[]);
+    p.spec.as_mut().unwrap().ephemeral_containers =
+        Some(vec![EphemeralContainer { name: "dbg".into(), ..Default::default() }]);
+    let decision = decide_on(&s, Some(&p), Some(&SERVED), 0);
+    assert_eq!(decision.status.reason, Some(FailureReason::Invalid));
+    assert_eq!(decision.status.container_name, None);
+    assert!(decision.status.message.as_deref().unwrap().contains("create a new DebugSession"));
+    assert!(!decision.status.message.as_deref().unwrap().contains("raise spec.attempt"), "a retry cannot help");
 }
 
 #[test]
 fn running_status_carries_the_attach_command() {
     let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Unknown)], 0, Phase::Injected)));
     let p = pod("Running", &[("debugger-abcde", running())]);
-    let status = plan(&s, TargetLookup::Found(&p), None, at(6)).status().clone();
+    let status = decide_on(&s, Some(&p), Some(&SERVED), 6).status;
     assert_eq!(status.attach_command.as_deref(), Some("kubectl attach -it -n ns web -c debugger-abcde"));
     assert_eq!(status.started_at, Some(Time(at(5))));
     assert_eq!(status.target_container_name.as_deref(), Some("app"));
-    assert_eq!(condition(&status, "Ready"), "True");
-    assert_eq!(condition(&status, "Reconciling"), "False");
+    assert_eq!(condition(&status, "Ready").status, "True");
+    assert_eq!(condition(&status, "Reconciling").status, "False");
+    assert_eq!(condition(&status, "Attachable").message, "kubectl attach -it -n ns web -c debugger-abcde");
+}
+
+#[test]
+fn each_condition_has_its_own_reason() {
+    let unavailable = Availability::Unavailable("set EphemeralContainers=true".into());
+    let s = session(0, None);
+    let status = decide_on(&s, None, Some(&unavailable), 0).status;
+    let reasons: Vec<_> =
+        status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("Ready", "False", "EphemeralContainersUnavailable"),
+            ("Reconciling", "False", "Failed"),
+            ("Stalled", "True", "EphemeralContainersUnavailable"),
+            ("Injected", "False", "NotInjected"),
+            ("Attachable", "False", "EphemeralContainersUnavailable"),
+            ("EphemeralContainersAvailable", "False", "NotServed"),
+        ]
+    );
+    // Available is set from the availability check alone, whatever the target.
+    let status = decide_on(&s, None, Some(&SERVED), 0).status;
+    assert_eq!(status.reason, Some(FailureReason::TargetNotFound));
+    let available = condition(&status, "EphemeralContainersAvailable");
+    assert_eq!((available.status.as_str(), available.reason.as_str()), ("True", "Served"));
+}
+
+#[test]
+fn a_raised_attempt_is_reconciling_until_it_is_under_way() {
+    let s = session(1, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
+    let p = pod("Running", &[("debugger-abcde", running())]);
+    let status = decide_on(&s, Some(&p), Some(&SERVED), 10).status;
+    assert_eq!(status.attempt, 0, "still describes the running one");
+    let reconciling = condition(&status, "Reconciling");
+    assert_eq!((reconciling.status.as_str(), reconciling.reason.as_str()), ("True", "AttemptPending"));
+    assert_eq!(condition(&status, "Ready").status, "False", "kstatus must not call it Current yet");
 }
 
 #[test]
 fn terminated_status_says_it_cannot_be_attached_again() {
     let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
     let p = pod("Running", &[("debugger-abcde", terminated(3))]);
-    let status = plan(&s, TargetLookup::Found(&p), None, at(10)).status().clone();
+    let status = decide_on(&s, Some(&p), None, 10).status;
     assert_eq!(status.exit_code, Some(3));
     assert_eq!(status.attach_command, None);
     assert_eq!(status.finished_at, Some(Time(at(9))));
@@ -271,12 +476,13 @@ fn terminated_status_says_it_cannot_be_attached_again() {
 }
 
 #[test]
-fn waiting_reason_is_reported_while_injected() {
+fn the_kubelets_words_are_shown_while_waiting() {
     let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Unknown)], 0, Phase::Injected)));
-    let p = pod("Running", &[("debugger-abcde", waiting("ErrImagePull"))]);
-    let status = plan(&s, TargetLookup::Found(&p), None, at(10)).status().clone();
+    let p = pod("Running", &[("debugger-abcde", waiting("ErrImagePull", Some("pull access denied for nope")))]);
+    let status = decide_on(&s, Some(&p), Some(&SERVED), 10).status;
     assert_eq!(status.waiting_reason.as_deref(), Some("ErrImagePull"));
     assert_eq!(status.containers[0].state, ContainerState::Waiting);
+    assert!(status.message.as_deref().unwrap().contains("pull access denied for nope"), "{:?}", status.message);
 }
 
 #[test]
@@ -284,7 +490,7 @@ fn renewal_keeps_every_earlier_container() {
     let s =
         session(1, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Terminated)], 0, Phase::Terminated)));
     let p = pod("Running", &[("debugger-abcde", terminated(0)), ("debugger-abcde-1", running())]);
-    let status = plan(&s, TargetLookup::Found(&p), None, at(10)).status().clone();
+    let status = decide_on(&s, Some(&p), Some(&SERVED), 10).status;
     let names: Vec<_> = status.containers.iter().map(|c| (c.name.as_str(), c.attempt, c.state)).collect();
     assert_eq!(
         names,
@@ -295,13 +501,32 @@ fn renewal_keeps_every_earlier_container() {
 }
 
 #[test]
-fn failure_time_and_condition_times_stay_put() {
+fn a_reconcile_without_news_changes_nothing() {
     let s = session(0, None);
-    let not_found = Failure::new(FailureReason::TargetNotFound, "gone");
-    let first = plan(&s, TargetLookup::Failed(&not_found), None, at(1)).status().clone();
-    let again = plan(&session(0, Some(first.clone())), TargetLookup::Failed(&not_found), None, at(50)).status().clone();
-    assert_eq!(first, again, "a reconcile without news must not change the status");
+    let first = decide_on(&s, None, Some(&SERVED), 1).status;
+    let again = decide_on(&session(0, Some(first.clone())), None, Some(&SERVED), 50).status;
+    assert_eq!(first, again);
     assert_eq!(again.finished_at, Some(Time(at(1))));
+    let starting =
+        session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Unknown)], 0, Phase::Injected)));
+    let p = pod("Running", &[("debugger-abcde", running())]);
+    let first = decide_on(&starting, Some(&p), Some(&SERVED), 6).status;
+    let again = decide_on(&session(0, Some(first.clone())), Some(&p), Some(&SERVED), 60).status;
+    assert_eq!(first, again);
+}
+
+#[test]
+fn injected_at_is_clamped_to_what_can_be_true() {
+    let mut record = record("debugger-abcde", 0, ContainerState::Unknown);
+    record.injected_at = Some(Time(at(100_000)));
+    let s = session(0, Some(injected(vec![record], 0, Phase::Injected)));
+    let p = pod("Running", &[("debugger-abcde", None)]);
+    let status = decide_on(&s, Some(&p), Some(&SERVED), 10).status;
+    assert_eq!(
+        status.containers[0].injected_at,
+        Some(Time(at(10))),
+        "a time in the future would defer the timeout forever"
+    );
 }
 
 #[test]
@@ -315,6 +540,8 @@ fn requeue_waits_for_start_deadline_and_ttl() {
     s.spec.ttl_seconds_after_finished = Some(30);
     assert_eq!(ttl_deadline(&s, &done), Some(at(39)));
     assert_eq!(requeue_after(&s, &done, at(20)), Some(Duration::from_millis(19_100)));
+    s.status = Some(done.clone());
+    assert_eq!(decide(&s, &Observed { pods: PodView::NotRead, availability: None, now: at(40) }).next, Next::Delete);
     s.spec.attempt = 1;
     assert_eq!(ttl_deadline(&s, &done), None, "a raised attempt is not finished");
 }
@@ -324,7 +551,7 @@ fn transitions_tell_the_story() {
     let pending = DebugSessionStatus { phase: Some(Phase::Pending), ..Default::default() };
     let injected_status = injected(vec![record("c", 0, ContainerState::Unknown)], 0, Phase::Injected);
     let running_status = injected(vec![record("c", 0, ContainerState::Running)], 0, Phase::Running);
-    let failed_status = DebugSessionStatus {
+    let failed = DebugSessionStatus {
         phase: Some(Phase::Failed),
         reason: Some(FailureReason::Forbidden),
         message: Some("denied".into()),
@@ -339,7 +566,7 @@ fn transitions_tell_the_story() {
     );
     assert_eq!(reasons(&injected_status, &running_status), vec![("Running".to_string(), false)]);
     assert_eq!(reasons(&running_status, &running_status), vec![]);
-    assert_eq!(reasons(&pending, &failed_status), vec![("Forbidden".to_string(), true)]);
+    assert_eq!(reasons(&pending, &failed), vec![("Forbidden".to_string(), true)]);
 }
 
 #[test]
@@ -349,11 +576,24 @@ fn terminated_status_keeps_its_times_when_the_pod_goes_away() {
     finished.reason = Some("Error".into());
     finished.finished_at = Some(Time(at(9)));
     let s = session(0, Some(injected(vec![finished], 0, Phase::Terminated)));
-    let gone = Failure::new(FailureReason::TargetGone, "pod web was deleted");
-    let status = plan(&s, TargetLookup::Failed(&gone), None, at(500)).status().clone();
+    let status = decide_on(&s, None, None, 500).status;
     assert_eq!(status.phase, Some(Phase::Terminated));
     assert_eq!((status.exit_code, status.exit_reason.as_deref()), (Some(3), Some("Error")));
     assert_eq!(status.finished_at, Some(Time(at(9))), "ttlSecondsAfterFinished counts from the exit, not from now");
     assert_eq!(status.reason, None);
     assert!(status.message.unwrap().ends_with("since then, pod web was deleted"));
+}
+
+#[test]
+fn status_that_does_not_decode_reads_as_unset() {
+    let session: DebugSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ephemera.dev/v1alpha1", "kind": "DebugSession",
+        "metadata": { "name": "s", "namespace": "ns" },
+        "spec": { "target": { "pod": "web" }, "image": "busybox" },
+        "status": { "attempt": 3000000000u64, "phase": "Exploded", "reason": "FromTheFuture", "podName": "web" },
+    }))
+    .unwrap();
+    let status = session.status.unwrap();
+    assert_eq!((status.attempt, status.phase, status.reason), (0, None, None));
+    assert_eq!(status.pod_name.as_deref(), Some("web"), "what decodes is kept");
 }
