@@ -51,9 +51,11 @@ test: lint unit-test cluster-test e2e-test demo-check
 E2E_TIMEOUT ?= 20m
 e2e-test: $(HELM)
 	$(CARGO) build --locked
-	$(CARGO) test --locked --test e2e --no-run
+	$(CARGO) test --locked --test e2e --test exclusive --no-run
 	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(E2E_TIMEOUT) \
 		$(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
+	# These change what every test shares (the CRD): alone, after the others.
+	timeout --kill-after=30s 5m $(CARGO) test --locked --test exclusive -- --test-threads=1
 
 # Brings up the cluster, runs the operator and debugs the tomcat-test pod.
 demo: cluster-up

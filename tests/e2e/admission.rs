@@ -36,6 +36,11 @@ async fn only_authors_who_may_debug_can_create_sessions() {
             repo_root().join("charts/ephemera").to_str().unwrap(),
             "--show-only",
             "templates/admission-policy.yaml",
+            "--kube-version",
+            "1.34",
+            // Scoped to this test's namespace, like a release that watches one: other tests run beside it.
+            "--set",
+            &format!("watchNamespace={}", env.namespace),
         ])
         .output()
         .unwrap();
@@ -50,11 +55,15 @@ async fn only_authors_who_may_debug_can_create_sessions() {
     let sessions = serde_json::json!({ "apiGroups": ["ephemera.dev"], "resources": ["debugsessions"], "verbs": ["get", "list", "create", "update", "patch"] });
     // alice may manage sessions (as edit/admin would let her) but not debug.
     grant(&env.namespace, "alice", serde_json::json!([sessions]));
-    // bob may also add ephemeral containers, to pod web only.
+    // bob may also add ephemeral containers, to pod web only, and (RBAC alone would let him) write statuses.
     grant(
         &env.namespace,
         "bob",
-        serde_json::json!([sessions, { "apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "resourceNames": ["web"], "verbs": ["patch"] }]),
+        serde_json::json!([
+            sessions,
+            { "apiGroups": ["ephemera.dev"], "resources": ["debugsessions/status"], "verbs": ["get", "patch"] },
+            { "apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "resourceNames": ["web"], "verbs": ["patch"] }
+        ]),
     );
 
     // The policy takes effect within a few seconds of being created.
@@ -81,4 +90,23 @@ async fn only_authors_who_may_debug_can_create_sessions() {
     // Raising attempt is an update, checked the same way.
     let (ok, out) = kubectl_patch_session(Some("bob"), &env.namespace, "by-bob", r#"{"spec":{"attempt":1}}"#);
     assert!(ok, "{out}");
+
+    // The status is ephemera's to write: the redirect attack is refused before the operator sees it.
+    let (ok, out) = kubectl(&[
+        "--context",
+        "bob",
+        "patch",
+        "dbgs",
+        "by-bob",
+        "-n",
+        &env.namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"podName":"payments"}}"#,
+    ]);
+    assert!(
+        !ok && out.contains("only ephemera") && out.contains("writes the status of a DebugSession, not bob"),
+        "{out}"
+    );
 }

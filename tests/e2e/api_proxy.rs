@@ -5,8 +5,8 @@
 //! the real 1.34 API server through a loopback proxy that changes exactly one
 //! thing, by [`Mode`]; everything else passes through unchanged.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use crate::common::{Operator, TestEnv, kubectl};
 
 #[derive(Clone, Copy)]
-enum Mode {
+pub enum Mode {
     /// A 1.16-1.22 server with the `EphemeralContainers` gate off:
     /// `pods/ephemeralcontainers` is missing from `/api/v1` discovery and answers 404.
     GateOff,
@@ -30,15 +30,40 @@ enum Mode {
     /// so the write gets the real server's 404 that names the pod.
     PodDeletedBeforeWrite,
     /// Someone else adds an ephemeral container between the operator's read
-    /// and its first write, so that write gets the real server's 409.
+    /// and its first write.
     RivalBeforeFirstWrite,
+    /// Changes nothing; the request log counts what the operator asks.
+    PassThrough,
+    /// Every GET of a single pod is answered this much later.
+    SlowPodReads(Duration),
+    /// Every LIST of pods (a watch's first list included) is answered this much later.
+    SlowPodLists(Duration),
 }
 
 #[derive(Clone)]
-struct Proxy {
+pub struct Proxy {
     client: kube::Client,
     mode: Mode,
     rival_added: Arc<AtomicBool>,
+    /// Every request the operator sent: method, path and query.
+    pub requests: Arc<Mutex<Vec<(http::Method, String)>>>,
+}
+
+impl Proxy {
+    /// Requests whose method is `method` and whose path ends with `suffix` (query left out).
+    pub fn count(&self, method: &http::Method, suffix: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|(m, p)| m == method && p.split('?').next().unwrap_or_default().ends_with(suffix))
+            .count()
+    }
+
+    /// Everything but watches.
+    pub fn non_watch_requests(&self) -> Vec<(http::Method, String)> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|(_, p)| !p.contains("watch=true")).cloned().collect()
+    }
 }
 
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
@@ -57,8 +82,20 @@ fn failure(code: http::StatusCode, reason: &str, message: &str) -> Response {
 }
 
 async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, Box<dyn std::error::Error>> {
-    let Proxy { client, mode, rival_added } = proxy;
+    let Proxy { client, mode, rival_added, requests } = proxy;
     let path = request.uri().path().to_string();
+    let watch = request.uri().query().unwrap_or_default().contains("watch");
+    match mode {
+        Mode::SlowPodReads(delay) if request.method() == http::Method::GET && path.contains("/pods/") && !watch => {
+            tokio::time::sleep(delay).await;
+        }
+        Mode::SlowPodLists(delay) if request.method() == http::Method::GET && path.ends_with("/pods") && !watch => {
+            tokio::time::sleep(delay).await;
+        }
+        _ => {}
+    }
+    let path_and_query = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    requests.lock().unwrap().push((request.method().clone(), path_and_query));
     let write = request.method() != http::Method::GET;
     if let Some(pod_path) = path.strip_suffix("/ephemeralcontainers") {
         // /api/v1/namespaces/NS/pods/NAME
@@ -112,14 +149,20 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, Box<dyn
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
-/// A test namespace with a running pod `web` and an operator that sees the
-/// cluster through a proxy in `mode`.
-async fn env_behind_proxy(name: &str, mode: Mode) -> TestEnv {
-    let mut env = TestEnv::without_operator(name, &[]).await;
-    env.running_pod("web", &["app"], &[]).await;
+/// An operator for `env`'s namespace that sees the cluster through a proxy in `mode`.
+pub async fn start_operator_behind_proxy(env: &mut TestEnv, mode: Mode) -> Proxy {
+    start_operator_behind_proxy_on(env, mode, "127.0.0.1:0").await
+}
+
+/// The same, with /metrics on `port`.
+pub async fn start_operator_behind_proxy_with_metrics(env: &mut TestEnv, mode: Mode, port: u16) -> Proxy {
+    start_operator_behind_proxy_on(env, mode, &format!("127.0.0.1:{port}")).await
+}
+
+async fn start_operator_behind_proxy_on(env: &mut TestEnv, mode: Mode, metrics_addr: &str) -> Proxy {
     let client = crate::common::client_for("admin").await;
-    let proxy = Proxy { client, mode, rival_added: Arc::default() };
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
+    let proxy = Proxy { client, mode, rival_added: Arc::default(), requests: Arc::default() };
+    let app = axum::Router::new().fallback(forward).with_state(proxy.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -128,10 +171,19 @@ async fn env_behind_proxy(name: &str, mode: Mode) -> TestEnv {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: anyone\n  user: {{}}\ncontexts:\n- name: proxy\n  context:\n    cluster: proxy\n    user: anyone\ncurrent-context: proxy\n"
     );
     std::fs::write(&kubeconfig, yaml).unwrap();
-    env.operator = Some(Operator::start_with_kubeconfig(&env.namespace, &kubeconfig, "proxy", "127.0.0.1:0"));
+    env.operator = Some(Operator::start_with_kubeconfig(&env.namespace, &kubeconfig, "proxy", metrics_addr));
+    proxy
+}
+
+/// A test namespace with a running pod `web`, an operator that sees the
+/// cluster through a proxy in `mode`, and a session `dbg` debugging `web`.
+async fn env_behind_proxy(name: &str, mode: Mode) -> (TestEnv, Proxy) {
+    let mut env = TestEnv::without_operator(name, &[]).await;
+    env.running_pod("web", &["app"], &[]).await;
+    let proxy = start_operator_behind_proxy(&mut env, mode).await;
     env.create_session("metadata: { name: dbg }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n")
         .await;
-    env
+    (env, proxy)
 }
 
 /// Waits for `dbg` to fail with `reason`; returns its message.
@@ -147,7 +199,7 @@ async fn failure_of_dbg(env: &TestEnv, reason: FailureReason) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_without_ephemeral_containers_fails_with_advice() {
-    let env = env_behind_proxy("gate-off", Mode::GateOff).await;
+    let (env, _) = env_behind_proxy("gate-off", Mode::GateOff).await;
     let message = failure_of_dbg(&env, FailureReason::EphemeralContainersUnavailable).await;
     assert!(message.contains("does not serve pods/ephemeralcontainers"), "{message}");
     assert!(message.contains("always on from Kubernetes 1.25"), "the proxied server is 1.34: {message}");
@@ -159,7 +211,7 @@ async fn cluster_without_ephemeral_containers_fails_with_advice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gate_off_found_only_on_write_fails_with_advice() {
-    let env = env_behind_proxy("gate-off-write", Mode::GateOffOnWrite).await;
+    let (env, _) = env_behind_proxy("gate-off-write", Mode::GateOffOnWrite).await;
     let message = failure_of_dbg(&env, FailureReason::EphemeralContainersUnavailable).await;
     assert!(message.contains("feature EphemeralContainers disabled"), "the server's words: {message}");
     assert!(
@@ -171,19 +223,39 @@ async fn gate_off_found_only_on_write_fails_with_advice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_deleted_between_read_and_write_is_not_found() {
-    let env = env_behind_proxy("deleted-before-write", Mode::PodDeletedBeforeWrite).await;
+    let (env, _) = env_behind_proxy("deleted-before-write", Mode::PodDeletedBeforeWrite).await;
     // The write's 404 names the pod: it went away, ephemeral containers did not.
     let message = failure_of_dbg(&env, FailureReason::TargetNotFound).await;
     assert!(message.contains("pod web does not exist"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn write_refused_for_a_concurrent_change_is_retried_from_fresh_state() {
-    let env = env_behind_proxy("rival", Mode::RivalBeforeFirstWrite).await;
+async fn a_rival_write_between_read_and_write_costs_nothing() {
+    let mut env = TestEnv::without_operator("rival", &[]).await;
+    env.running_pod("web", &["app"], &[]).await;
+    let earlier = serde_json::json!({ "spec": { "ephemeralContainers": [{
+        "name": "earlier", "image": crate::common::IMAGE, "imagePullPolicy": "Never", "command": ["sleep", "600"],
+    }]}});
+    env.pods.patch_ephemeral_containers("web", &PatchParams::default(), &Patch::Strategic(earlier)).await.unwrap();
+    let proxy = start_operator_behind_proxy(&mut env, Mode::RivalBeforeFirstWrite).await;
+    env.create_session("metadata: { name: dbg }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n")
+        .await;
     let session = env.wait_phase("dbg", Phase::Running).await;
     let name = session.status.unwrap().container_name.unwrap();
-    // The rival's container stays; ours went in after it, once.
+    // The rival's container stays where its strategic merge patch put it (first, as
+    // `kubectl debug`'s do); ours went in after all of them with one write: appending
+    // needs no resourceVersion, so an unrelated writer is no conflict.
+    assert_eq!(env.ephemeral_names("web").await, vec!["rival".to_string(), "earlier".to_string(), name]);
+    assert_eq!(proxy.count(&http::Method::PATCH, "/ephemeralcontainers"), 1, "{:?}", proxy.non_watch_requests());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rival_first_container_is_met_with_a_fresh_read() {
+    // The pod had none when the operator read it, and has one when it writes:
+    // the patch asks for an empty list, is refused, and the operator decides again.
+    let (env, proxy) = env_behind_proxy("rival-first", Mode::RivalBeforeFirstWrite).await;
+    let session = env.wait_phase("dbg", Phase::Running).await;
+    let name = session.status.unwrap().container_name.unwrap();
     assert_eq!(env.ephemeral_names("web").await, vec!["rival".to_string(), name]);
-    let log = std::fs::read_to_string(&env.operator.as_ref().unwrap().log).unwrap();
-    assert!(log.contains("pod changed under us; deciding again from fresh state"), "no conflict was met:\n{log}");
+    assert_eq!(proxy.count(&http::Method::PATCH, "/ephemeralcontainers"), 2, "{:?}", proxy.non_watch_requests());
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ephemera::crd::{DebugSession, Phase};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -152,6 +152,11 @@ impl Operator {
     #[allow(dead_code)] // used by benches/unrelated_pods.rs
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The exit status, once the process has ended.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn kill(&mut self) {
@@ -370,10 +375,13 @@ impl Drop for TestEnv {
 /// Every phase a session's status takes, in order, as seen by a watch, until `last` or the timeout.
 pub async fn record_phases(sessions: Api<DebugSession>, name: &str, last: Phase, timeout: Duration) -> Vec<Phase> {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = watcher(sessions, config).applied_objects().boxed();
+    // A watch may end with 410 Expired (e.g. when another test changes the CRD);
+    // the watcher then lists again, and phases seen on the list still count.
+    let mut stream = watcher(sessions, config).default_backoff().applied_objects().boxed();
     let mut phases: Vec<Phase> = Vec::new();
     let _ = tokio::time::timeout(timeout, async {
-        while let Some(session) = stream.try_next().await.unwrap() {
+        while let Some(next) = stream.next().await {
+            let Ok(session) = next else { continue };
             if let Some(phase) = session.status.and_then(|s| s.phase)
                 && phases.last() != Some(&phase)
             {
@@ -464,4 +472,27 @@ pub fn kubectl_patch_session(context: Option<&str>, namespace: &str, session: &s
     }
     args.extend(["patch", "dbgs", session, "-n", namespace, "--type=merge", "-p", patch]);
     kubectl(&args)
+}
+
+/// The text of the operator's /metrics on `port`.
+pub async fn scrape(port: u16) -> String {
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/metrics")]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).to_string()
+    })
+    .await
+    .unwrap()
+}
+
+/// The sum of a metric's samples (all label sets) in a /metrics text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A loopback port that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -89,8 +89,15 @@ async fn rbac_refusal_is_forbidden() {
     env.running_pod("web", &["app"], &[]).await;
     env.start_operator("alice");
     env.create_session(&sleeping_session("denied", "{ pod: web }", "")).await;
-    expect_failure(&env, "denied", FailureReason::Forbidden, "cannot patch resource \"pods/ephemeralcontainers\"")
-        .await;
+    // The operator's own RBAC, not the user's profile: the reason says whose permission is missing.
+    let failed = expect_failure(
+        &env,
+        "denied",
+        FailureReason::OperatorForbidden,
+        "cannot patch resource \"pods/ephemeralcontainers\"",
+    )
+    .await;
+    assert!(failed.status.unwrap().message.unwrap().contains("grant ephemera's ServiceAccount"));
     assert!(env.ephemeral_names("web").await.is_empty());
 }
 
@@ -107,30 +114,42 @@ async fn invalid_container_is_reported_with_the_servers_message() {
 async fn container_that_never_starts_shows_why_and_times_out() {
     let env = TestEnv::new("start-timeout").await;
     env.running_pod("web", &["app"], &[]).await;
-    let missing_image = |name: &str, timeout: u32| {
+    let missing_image = |name: &str, policy: &str, timeout: u32| {
         format!(
-            "metadata: {{ name: {name} }}\nspec:\n  target: {{ pod: web }}\n  image: localhost/not-imported:1\n  imagePullPolicy: Never\n  startTimeoutSeconds: {timeout}\n"
+            "metadata: {{ name: {name} }}\nspec:\n  target: {{ pod: web }}\n  image: localhost/not-imported:1\n  imagePullPolicy: {policy}\n  startTimeoutSeconds: {timeout}\n"
         )
     };
-    env.create_session(&missing_image("quick", 6)).await;
-    env.create_session(&missing_image("patient", 600)).await;
+    // A pull that keeps failing may still succeed later: it waits, with the kubelet's words, until the timeout.
+    env.create_session(&missing_image("quick", "IfNotPresent", 20)).await;
+    env.create_session(&missing_image("patient", "IfNotPresent", 600)).await;
+    // An image that must not be pulled and is not there never will be: that fails at once.
+    env.create_session(&missing_image("never", "Never", 600)).await;
 
-    let failed =
-        expect_failure(&env, "quick", FailureReason::StartTimeout, "did not start within 6s: it is still waiting")
-            .await;
-    assert_eq!(failed.status.unwrap().containers.len(), 1);
-
-    // The kubelet's reason shows up while the session waits (it takes the kubelet a while to give up on the image).
     let waiting = env
-        .wait_session("patient", "Injected, waiting on ErrImageNeverPull", Duration::from_secs(120), |s| {
-            s.status.as_ref().is_some_and(|st| st.waiting_reason.as_deref() == Some("ErrImageNeverPull"))
+        .wait_session("patient", "Injected, waiting on a pull", Duration::from_secs(90), |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.phase == Some(Phase::Injected)
+                    && matches!(st.waiting_reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff"))
+            })
         })
         .await;
     let status = waiting.status.unwrap();
-    assert_eq!(status.phase, Some(Phase::Injected));
-    assert!(status.message.unwrap().contains("waiting: ErrImageNeverPull"));
+    assert!(
+        status.message.as_deref().unwrap().contains("localhost/not-imported"),
+        "the kubelet's message: {:?}",
+        status.message
+    );
     let injected = status.conditions.iter().find(|c| c.type_ == "Injected").unwrap();
     assert_eq!(injected.status, "True");
+    let failed =
+        expect_failure(&env, "quick", FailureReason::StartTimeout, "did not start within 20s: it is still waiting")
+            .await;
+    assert_eq!(failed.status.unwrap().containers.len(), 1);
+
+    let started = std::time::Instant::now();
+    let never = expect_failure(&env, "never", FailureReason::CannotStart, "ErrImageNeverPull").await;
+    assert!(started.elapsed() < Duration::from_secs(30), "not after the 600 s timeout");
+    assert_eq!(never.status.unwrap().waiting_reason.as_deref(), Some("ErrImageNeverPull"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,11 +226,19 @@ async fn pod_replaced_while_the_operator_was_down_is_target_gone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn finished_session_stays_terminated_when_its_pod_goes() {
-    let env = TestEnv::new("outlived").await;
+    let mut env = TestEnv::new("outlived").await;
     env.running_pod("batch", &["app"], &[]).await;
     env.create_session(&busybox_session("done", "{ pod: batch }", r#"["sh", "-c", "exit 2"]"#, "")).await;
-    let finished = env.wait_phase("done", Phase::Terminated).await.status.unwrap().finished_at;
+    let finished = env.wait_phase("done", Phase::Terminated).await;
     env.pods.delete("batch", &DeleteParams::default().grace_period(0)).await.unwrap();
+    env.wait_pod_gone("batch").await;
+    // A finished session does not even listen to its pod any more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let untouched = env.sessions.get("done").await.unwrap();
+    assert_eq!(untouched.metadata.resource_version, finished.metadata.resource_version, "no write, no reason to");
+    // An operator that did not write that status itself checks it against the pod once.
+    env.operator.as_mut().unwrap().kill();
+    env.start_operator("admin");
     let session = env
         .wait_session("done", "the deletion noted", Duration::from_secs(60), |s| {
             s.status.as_ref().and_then(|st| st.message.as_deref()).is_some_and(|m| m.contains("since then, pod batch"))
@@ -220,7 +247,11 @@ async fn finished_session_stays_terminated_when_its_pod_goes() {
     let status = session.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Terminated));
     assert_eq!(status.exit_code, Some(2));
-    assert_eq!(status.finished_at, finished, "ttlSecondsAfterFinished still counts from the exit");
+    assert_eq!(
+        status.finished_at,
+        finished.status.unwrap().finished_at,
+        "ttlSecondsAfterFinished still counts from the exit"
+    );
 }
 
 /// Removes a static pod manifest from the kubelet's directory, even when the test fails.

@@ -5,10 +5,12 @@ mod admission;
 mod api_proxy;
 mod common;
 mod failures;
+mod gitops;
 mod in_cluster;
 mod interactive;
 mod leader;
 mod plugin;
+mod trust;
 
 use std::time::Duration;
 
@@ -288,7 +290,7 @@ spec:
     // container in the pod, no status on the session.
     let pod = env.pods.get("web").await.unwrap();
     let name = ephemera::debug_container::default_name_candidates(session.metadata.uid.as_deref().unwrap())[0].clone();
-    let container = ephemera::debug_container::build_ephemeral_container(&session, &name, "app");
+    let container = ephemera::debug_container::build_ephemeral_container(&session, &name, "app", 0);
     ephemera::ephemeral_api::add_ephemeral_container(
         &env.client,
         ephemera::ephemeral_api::ApiShape::PodSubresource,
@@ -307,7 +309,7 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_served() {
     let mut env = TestEnv::without_operator("metrics", &[]).await;
-    let port = 18000 + (std::process::id() % 1000) as u16;
+    let port = common::free_port();
     env.operator = Some(common::Operator::start(&env.namespace, "admin", &format!("127.0.0.1:{port}")));
     env.running_pod("web", &["app"], &[]).await;
     env.create_session("metadata: { name: m }\nspec:\n  target: { pod: nope }\n  image: localhost/busybox:1.36\n")
