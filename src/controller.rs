@@ -24,6 +24,7 @@ use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
 use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
 use crate::index::{GuardedSession, TargetIndex};
 use crate::metrics::Metrics;
+use crate::pods::PodReader;
 use crate::reads::{PodReads, Reads, reads_for};
 use crate::server::Health;
 use crate::status::{self, Next, Observed, PodView};
@@ -140,6 +141,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub availability: Arc<AvailabilityCache>,
     pub index: TargetIndex,
+    pub pods: PodReader,
     own: OwnWrites,
     backoff: Backoffs,
     /// (uid, error) of undecodable sessions already reported, so each is reported once.
@@ -153,6 +155,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             availability: AvailabilityCache::new(client.clone(), RETRY_UNAVAILABLE),
             index: TargetIndex::default(),
+            pods: PodReader::default(),
             own: OwnWrites::default(),
             backoff: Backoffs::default(),
             undecodable: Mutex::default(),
@@ -264,7 +267,13 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics
                 return Vec::new();
             };
             mapper_ctx.metrics.listening_sessions.set(mapper_ctx.index.len() as i64);
-            mapper_ctx.index.sessions_for(namespace, name, meta.labels.as_ref())
+            let sessions = mapper_ctx.index.sessions_for(namespace, name, meta.labels.as_ref());
+            if sessions.is_empty() {
+                mapper_ctx.pods.forget(namespace, name);
+            } else {
+                mapper_ctx.pods.saw(namespace, name, meta.resource_version.as_deref());
+            }
+            sessions
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -314,7 +323,8 @@ impl Inputs {
     }
 }
 
-async fn read(ctx: &Context, pods: &Api<Pod>, reads: &Reads) -> Result<Inputs, Error> {
+/// Reads what `reads` asks; `fresh` skips the shared pod read (a write just found it stale).
+async fn read(ctx: &Context, pods: &Api<Pod>, reads: &Reads, fresh: bool) -> Result<Inputs, Error> {
     let availability = if reads.availability {
         let cached = ctx.availability.get().await?;
         Some(cached)
@@ -324,8 +334,13 @@ async fn read(ctx: &Context, pods: &Api<Pod>, reads: &Reads) -> Result<Inputs, E
     let (named, pods) = match &reads.pods {
         PodReads::None => (None, None),
         PodReads::Named(name) => {
-            ctx.metrics.request("get", "pods");
-            (Some(name.clone()), Some(pods.get_opt(name).await?.into_iter().collect()))
+            let namespace = pods.namespace().unwrap_or_default().to_string();
+            let pod = if fresh {
+                ctx.pods.get_fresh(pods, &namespace, name, &ctx.metrics).await?
+            } else {
+                ctx.pods.get(pods, &namespace, name, &ctx.metrics).await?
+            };
+            (Some(name.clone()), Some(pod.into_iter().collect()))
         }
         PodReads::Selected(selector) => {
             ctx.metrics.request("list", "pods");
@@ -343,7 +358,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let now = Timestamp::now();
 
     let reads = reads_for(session, ctx.own.status_is_own(session));
-    let mut inputs = read(ctx, &pods, &reads).await?;
+    let mut inputs = read(ctx, &pods, &reads, false).await?;
     let mut current = session.clone();
     let mut decision = status::decide(&current, &inputs.observed(now));
     let mut stale_pods = 0;
@@ -377,7 +392,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                     publish_status(ctx, &sessions, &current, &decision.status, false).await?;
                 current.status = Some(decision.status);
                 let reads = reads_for(&current, true);
-                inputs = read(ctx, &pods, &reads).await?;
+                inputs = read(ctx, &pods, &reads, false).await?;
                 decision = status::decide(&current, &inputs.observed(now));
             }
             Next::LookAgain => {
@@ -407,6 +422,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 match add_ephemeral_container(&ctx.client, shape, &pod, &container).await {
                     Ok(updated) => {
                         ctx.metrics.injections.with_label_values(&["injected"]).inc();
+                        ctx.pods.wrote(&updated).await;
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         let after = Inputs {
                             pods: Some(vec![updated]),
@@ -422,7 +438,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                             ctx.metrics.injections.with_label_values(&["stale"]).inc();
                             tracing::debug!(session = %current.name_any(), stale_pods, "the pod changed under the write; deciding again");
                             let reads = reads_for(&current, true);
-                            inputs = read(ctx, &pods, &reads).await?;
+                            inputs = read(ctx, &pods, &reads, true).await?;
                             decision = status::decide(&current, &inputs.observed(now));
                         }
                         Refusal::StalePod => return Err(Error::BusyPod(stale_pods)),

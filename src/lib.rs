@@ -7,6 +7,7 @@ pub mod ephemeral_api;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 pub mod reads;
 pub mod server;
 pub mod status;
