@@ -17,6 +17,7 @@ use kube::core::Selector;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector;
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
@@ -34,8 +35,10 @@ use crate::target::Failure;
 pub const FIELD_MANAGER: &str = "ephemera";
 /// How long a "not served" answer about ephemeral containers is believed.
 const RETRY_UNAVAILABLE: Duration = Duration::from_secs(30);
+/// How long one request may go without an answer before it is abandoned.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// A reconcile that takes longer is abandoned (and retried): one hung request must not hold a session.
-const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The server ends each watch after this long; a dead connection is noticed by then.
 pub const WATCH_TIMEOUT_SECONDS: u32 = 50;
 /// How often one reconcile reads again after its write met a pod that had changed.
@@ -206,11 +209,48 @@ impl WatchErrors {
     }
 }
 
-/// Runs the controller until a termination signal arrives.
-pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics>, health: Arc<Health>) {
+/// How watches back off after an error: quickly, so that work resumes within
+/// seconds of an API server coming back (kube's default waits up to 30 s),
+/// yet never more often than every 4 s while it stays away.
+#[derive(Default)]
+struct WatchBackoff {
+    failures: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = Duration::from_millis(250).saturating_mul(1 << self.failures.min(4)).min(Duration::from_secs(4));
+        self.failures = self.failures.saturating_add(1);
+        // Up to 20 % jitter, so that both watches do not retry in step.
+        let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs()) % 200;
+        Some(base + base.mul_f64(jitter as f64 / 1000.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+fn watch_backoff() -> ResetTimerBackoff<WatchBackoff> {
+    ResetTimerBackoff::new(WatchBackoff::default(), Duration::from_secs(30))
+}
+
+/// Runs the controller until a termination signal arrives. `watch_client`
+/// serves the long-lived watches, `client` every other request.
+pub async fn run(
+    client: Client,
+    watch_client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) {
     let (sessions, pods): (Api<GuardedSession>, Api<PartialObjectMeta<Pod>>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+        Some(ns) => (Api::namespaced(watch_client.clone(), ns), Api::namespaced(watch_client.clone(), ns)),
+        None => (Api::all(watch_client.clone()), Api::all(watch_client)),
     };
     let ctx = Context::new(client, metrics);
     let errors = Arc::new(WatchErrors::default());
@@ -221,7 +261,7 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics
         let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
         let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
         watcher(sessions, config.clone())
-            .default_backoff()
+            .backoff(watch_backoff())
             .reflect(writer)
             .inspect(move |event| match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => index_ctx.index.apply(object),
@@ -250,7 +290,7 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics
         // Pod metadata only, and no cache of it: a pod event is mapped to the
         // sessions that still care about the pod, then dropped.
         watcher(pods, config)
-            .default_backoff()
+            .backoff(watch_backoff())
             .inspect(move |event| match event {
                 Ok(watcher::Event::InitDone) => health.pods_synced.store(true, Ordering::Relaxed),
                 Err(error) => errors.report("pods", error),
@@ -638,6 +678,17 @@ mod tests {
         assert_eq!(reason(500, "etcd"), None);
         assert!(failure_of_write(&status(403, psa)).unwrap().message.contains("violates PodSecurity"));
         assert!(failure_of_write(&status(403, rbac)).unwrap().message.contains("ephemera's own permissions"));
+    }
+
+    #[test]
+    fn watches_retry_within_seconds() {
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next().unwrap()).collect();
+        assert!(delays[0] >= Duration::from_millis(250) && delays[0] < Duration::from_millis(300), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(4800)), "{delays:?}");
+        assert!(delays[7] >= Duration::from_secs(4), "{delays:?}");
+        kube::runtime::utils::Backoff::reset(&mut backoff);
+        assert!(backoff.next().unwrap() < Duration::from_millis(300));
     }
 
     #[test]

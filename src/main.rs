@@ -78,17 +78,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 None => kube::Config::infer().await?,
             };
-            // No request may hang on a dead connection; a watch ends on its own well before this.
+            // No request may hang on a dead connection (a load balancer that
+            // forgot it, say): requests time out soon; watches, which may stay
+            // quiet until the server ends them, only after that end was due.
             config.connect_timeout = Some(Duration::from_secs(10));
-            config.read_timeout = Some(Duration::from_secs(u64::from(controller::WATCH_TIMEOUT_SECONDS) + 25));
-            config.write_timeout = Some(Duration::from_secs(30));
+            config.write_timeout = Some(Duration::from_secs(15));
+            let mut watch_config = config.clone();
+            config.read_timeout = Some(controller::REQUEST_TIMEOUT);
+            watch_config.read_timeout = Some(Duration::from_secs(u64::from(controller::WATCH_TIMEOUT_SECONDS) + 25));
             let client = kube::Client::try_from(config)?;
+            let watch_client = kube::Client::try_from(watch_config)?;
             controller::check_crd_served(&client, namespace.as_deref()).await?;
             let metrics = Arc::new(Metrics::new());
             let health = if leader_elect { Arc::new(server::Health::default()) } else { server::Health::sole_leader() };
             let server = tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
             tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "starting ephemera controller");
-            let controller = controller::run(client.clone(), namespace, metrics, health.clone());
+            let controller = controller::run(client.clone(), watch_client, namespace, metrics, health.clone());
             let result = if leader_elect {
                 let identity = leader_election_identity.unwrap_or_else(default_identity);
                 let election = leader::LeaderElection {
