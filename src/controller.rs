@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchPa
 use kube::core::Selector;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -26,7 +26,9 @@ use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemer
 use crate::index::{GuardedSession, TargetIndex};
 use crate::metrics::Metrics;
 use crate::pods::PodReader;
+use crate::policy::{ActiveSessions, Policy};
 use crate::reads::{PodReads, Reads, reads_for};
+use crate::requester::{Requester, requester};
 use crate::server::Health;
 use crate::status::{self, Next, Observed, PodView};
 use crate::target::Failure;
@@ -140,6 +142,9 @@ impl Backoffs {
 
 pub struct Context {
     pub client: Client,
+    pub policy: Policy,
+    /// Every session, as the watch knows them (to count active ones for the policy).
+    pub sessions: Store<GuardedSession>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub availability: Arc<AvailabilityCache>,
@@ -152,9 +157,11 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(client: Client, metrics: Arc<Metrics>, policy: Policy, sessions: Store<GuardedSession>) -> Arc<Self> {
         let reporter: Reporter = "ephemera".into();
         Arc::new(Self {
+            policy,
+            sessions,
             recorder: Recorder::new(client.clone(), reporter),
             availability: AvailabilityCache::new(client.clone(), RETRY_UNAVAILABLE),
             index: TargetIndex::default(),
@@ -247,16 +254,16 @@ pub async fn run(
     namespace: Option<String>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    policy: Policy,
 ) {
     let (sessions, pods): (Api<GuardedSession>, Api<PartialObjectMeta<Pod>>) = match &namespace {
         Some(ns) => (Api::namespaced(watch_client.clone(), ns), Api::namespaced(watch_client.clone(), ns)),
         None => (Api::all(watch_client.clone()), Api::all(watch_client)),
     };
-    let ctx = Context::new(client, metrics);
     let errors = Arc::new(WatchErrors::default());
     let config = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
-
     let (reader, writer) = reflector::store::<GuardedSession>();
+    let ctx = Context::new(client, metrics, policy, reader.clone());
     let session_events = {
         let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
         let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
@@ -353,14 +360,57 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn observed(&self, now: Timestamp) -> Observed<'_> {
+    fn observed<'a>(&'a self, now: Timestamp, ctx: &'a Context, active: ActiveSessions) -> Observed<'a> {
         let pods = match (&self.named, &self.pods) {
             (Some(name), Some(pods)) => PodView::Named { name, pod: pods.first() },
             (None, Some(pods)) => PodView::Selected(pods),
             (_, None) => PodView::NotRead,
         };
-        Observed { pods, availability: self.availability.as_ref(), now }
+        Observed { pods, availability: self.availability.as_ref(), now, policy: &ctx.policy, active }
     }
+}
+
+/// Whether `requester` may add an ephemeral container to the pod by hand
+/// (a SubjectAccessReview): `Some` failure when not.
+async fn check_requester(
+    ctx: &Context,
+    requester: &Requester,
+    namespace: &str,
+    pod: &str,
+) -> Result<Option<Failure>, Error> {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(requester.username.clone()),
+            uid: requester.uid.clone(),
+            groups: Some(requester.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                verb: Some("patch".into()),
+                resource: Some("pods".into()),
+                subresource: Some("ephemeralcontainers".into()),
+                name: Some(pod.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    ctx.metrics.request("create", "subjectaccessreviews");
+    let reviews: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
+    let answer = reviews.create(&kube::api::PostParams::default(), &review).await?;
+    let status = answer.status.unwrap_or_default();
+    if status.allowed {
+        return Ok(None);
+    }
+    let why = status.reason.filter(|r| !r.is_empty()).map(|r| format!(" ({r})")).unwrap_or_default();
+    Ok(Some(Failure::new(
+        FailureReason::Forbidden,
+        format!(
+            "{} may not patch pods/ephemeralcontainers of pod {pod} in namespace {namespace}{why}; checked when the container was to be added, and a DebugSession can only do what its requester may do",
+            requester.username
+        ),
+    )))
 }
 
 /// Reads what `reads` asks; `fresh` skips the shared pod read (a write just found it stale).
@@ -400,7 +450,9 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let reads = reads_for(session, ctx.own.status_is_own(session));
     let mut inputs = read(ctx, &pods, &reads, false).await?;
     let mut current = session.clone();
-    let mut decision = status::decide(&current, &inputs.observed(now));
+    let all = ctx.sessions.state();
+    let active = ActiveSessions::among(session, all.iter().filter_map(|o| o.0.as_ref().ok()));
+    let mut decision = status::decide(&current, &inputs.observed(now, ctx, active));
     let mut stale_pods = 0;
     let mut looked_again = false;
     loop {
@@ -433,13 +485,21 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 current.status = Some(decision.status);
                 let reads = reads_for(&current, true);
                 inputs = read(ctx, &pods, &reads, false).await?;
-                decision = status::decide(&current, &inputs.observed(now));
+                decision = status::decide(&current, &inputs.observed(now, ctx, active));
             }
             Next::LookAgain => {
                 publish_status(ctx, &sessions, &current, &decision.status, false).await?;
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
             Next::Inject { pod, container } => {
+                // Whoever asked must be able to do this by hand, now.
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                if let Some(who) = requester(&current)
+                    && let Some(failure) = check_requester(ctx, &who, &namespace, &pod_name).await?
+                {
+                    decision = status::refused(&current, &decision.status, failure, &inputs.observed(now, ctx, active));
+                    continue;
+                }
                 // The claim: written only if the session is unchanged since it was read,
                 // so a deleted session, or one another operator claimed, gets nothing.
                 current.metadata.resource_version =
@@ -469,7 +529,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                             named: Some(name),
                             availability: inputs.availability.clone(),
                         };
-                        decision = status::decide(&current, &after.observed(now));
+                        decision = status::decide(&current, &after.observed(now, ctx, active));
                         inputs = after;
                     }
                     Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {
@@ -479,7 +539,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                             tracing::debug!(session = %current.name_any(), stale_pods, "the pod changed under the write; deciding again");
                             let reads = reads_for(&current, true);
                             inputs = read(ctx, &pods, &reads, true).await?;
-                            decision = status::decide(&current, &inputs.observed(now));
+                            decision = status::decide(&current, &inputs.observed(now, ctx, active));
                         }
                         Refusal::StalePod => return Err(Error::BusyPod(stale_pods)),
                         Refusal::Unavailable(advice) => {
@@ -487,7 +547,8 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                             ctx.availability.refused(advice.clone()).await;
                             inputs.availability = Some(Availability::Unavailable(advice.clone()));
                             let failure = Failure::new(FailureReason::EphemeralContainersUnavailable, advice);
-                            decision = status::refused(&current, failure, &inputs.observed(now));
+                            let claim = current.status.clone().unwrap_or_default();
+                            decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
                         }
                         Refusal::Other => {
                             let Some(failure) = failure_of_write(&refusal) else {
@@ -495,7 +556,8 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                                 return Err(kube::Error::Api(refusal).into());
                             };
                             ctx.metrics.injections.with_label_values(&[failure.reason.as_str()]).inc();
-                            decision = status::refused(&current, failure, &inputs.observed(now));
+                            let claim = current.status.clone().unwrap_or_default();
+                            decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
                         }
                     },
                     Err(error) => {
@@ -648,6 +710,17 @@ async fn report_undecodable(
     Ok(Action::await_change())
 }
 
+/// What to do when the installed CRD is older than this operator: the API
+/// server refuses status fields it does not know.
+fn stale_crd_advice(error: &Error) -> Option<String> {
+    let Error::Kube(kube::Error::Api(status)) = error else { return None };
+    let before = status.message.split_once("field not declared in schema")?.0;
+    let field = before.trim_end().trim_end_matches(':').rsplit(": ").next()?.trim().to_string();
+    Some(format!(
+        "the DebugSession CRD in the cluster is older than this ephemera: it does not know {field}; apply this version's CRD (`ephemera crd | kubectl apply --server-side -f -`)"
+    ))
+}
+
 fn error_policy(object: Arc<GuardedSession>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&[error.metric_label()]).inc();
     let name = object.meta().name.clone().unwrap_or_default();
@@ -657,6 +730,12 @@ fn error_policy(object: Arc<GuardedSession>, error: &Error, ctx: Arc<Context>) -
         return Action::requeue(Duration::from_millis(250));
     }
     let delay = ctx.backoff.next(object.meta().uid.as_deref().unwrap_or_default());
+    if let Some(advice) = stale_crd_advice(error) {
+        // Every session will fail the same way: say what to do, loudly, once per field.
+        if ctx.undecodable.lock().expect("undecodable lock").insert((String::new(), advice.clone())) {
+            tracing::error!("{advice}");
+        }
+    }
     tracing::warn!(session = %name, %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -689,6 +768,19 @@ mod tests {
         assert!(delays[7] >= Duration::from_secs(4), "{delays:?}");
         kube::runtime::utils::Backoff::reset(&mut backoff);
         assert!(backoff.next().unwrap() < Duration::from_millis(300));
+    }
+
+    #[test]
+    fn an_old_crd_is_named_as_the_cause() {
+        let message = "failed to create typed patch object (/; ephemera.dev/v1alpha1, Kind=DebugSession): .status.requester: field not declared in schema";
+        let error = Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+            code: 500,
+            message: message.into(),
+            ..Default::default()
+        })));
+        let advice = stale_crd_advice(&error).unwrap();
+        assert!(advice.contains("does not know .status.requester"), "{advice}");
+        assert!(stale_crd_advice(&Error::StaleSession).is_none());
     }
 
     #[test]

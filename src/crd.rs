@@ -74,6 +74,7 @@ const SPEC_IMMUTABLE_RULE: &str = concat!(
     printcolumn = r#"{"name":"Attachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Attachable\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason"}"#,
     printcolumn = r#"{"name":"Attempt","type":"integer","priority":1,"jsonPath":".spec.attempt"}"#,
+    printcolumn = r#"{"name":"Requester","type":"string","priority":1,"jsonPath":".status.requester"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
@@ -219,6 +220,31 @@ pub enum Profile {
     Sysadmin,
 }
 
+impl Profile {
+    pub const ALL: [Profile; 5] = [Self::General, Self::Baseline, Self::Restricted, Self::Netadmin, Self::Sysadmin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::General => "general",
+            Self::Baseline => "baseline",
+            Self::Restricted => "restricted",
+            Self::Netadmin => "netadmin",
+            Self::Sysadmin => "sysadmin",
+        }
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown profile {s:?}; one of general, baseline, restricted, netadmin, sysadmin"))
+    }
+}
+
 /// What the session has done and what the kubelet reports about its debug container.
 ///
 /// Status is ephemera's output, never its input of authority: every field is
@@ -244,6 +270,10 @@ pub struct DebugSessionStatus {
     /// Human-readable explanation of the phase, with what to do next where something can help.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// Who asked for the current attempt, as admission recorded it (see docs/security.md).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
 
     /// The target pod, pinned by name and UID once chosen.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
@@ -387,8 +417,10 @@ impl Phase {
 /// EphemeralContainersUnavailable (the cluster does not serve pods/ephemeralcontainers),
 /// TargetNotFound (no such pod, or none matches the selector), TargetContainerNotFound,
 /// TargetNotRunning, StaticPodUnsupported (mirror pods cannot take ephemeral containers),
-/// Forbidden (Pod Security or another admission check refused the container),
-/// OperatorForbidden (ephemera's own RBAC lacks a verb), Invalid (the spec cannot work, or
+/// Forbidden (the requester may not do it by hand, or Pod Security or another
+/// admission check refused the container), OperatorForbidden (ephemera's own
+/// RBAC lacks a verb), PolicyViolation (the platform's policy does not allow
+/// it), Invalid (the spec cannot work, or
 /// the API server rejected the container), CannotStart (the kubelet reported that it can
 /// never start the container), ContainerMismatch (the pod holds a container with this
 /// session's marker that differs from its spec), StartTimeout (the kubelet did not start it
@@ -402,6 +434,7 @@ pub enum FailureReason {
     StaticPodUnsupported,
     Forbidden,
     OperatorForbidden,
+    PolicyViolation,
     Invalid,
     CannotStart,
     ContainerMismatch,
@@ -410,7 +443,7 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 12] = [
+    pub const ALL: [FailureReason; 13] = [
         Self::EphemeralContainersUnavailable,
         Self::TargetNotFound,
         Self::TargetContainerNotFound,
@@ -418,6 +451,7 @@ impl FailureReason {
         Self::StaticPodUnsupported,
         Self::Forbidden,
         Self::OperatorForbidden,
+        Self::PolicyViolation,
         Self::Invalid,
         Self::CannotStart,
         Self::ContainerMismatch,
@@ -434,6 +468,7 @@ impl FailureReason {
             Self::StaticPodUnsupported => "StaticPodUnsupported",
             Self::Forbidden => "Forbidden",
             Self::OperatorForbidden => "OperatorForbidden",
+            Self::PolicyViolation => "PolicyViolation",
             Self::Invalid => "Invalid",
             Self::CannotStart => "CannotStart",
             Self::ContainerMismatch => "ContainerMismatch",
@@ -459,11 +494,12 @@ impl FailureReason {
             }
             Self::StaticPodUnsupported => "debug the static pod on its node instead",
             Self::Forbidden => {
-                "create a new DebugSession with a profile the namespace allows (e.g. baseline or restricted), or have the policy changed and raise spec.attempt"
+                "ask for the permission (or create a new DebugSession with a profile the namespace allows, e.g. baseline or restricted), then raise spec.attempt"
             }
             Self::OperatorForbidden => {
                 "grant ephemera's ServiceAccount that permission (see the chart's RBAC), then raise spec.attempt"
             }
+            Self::PolicyViolation => "create a new DebugSession that the policy allows, or ask the platform team",
             Self::CannotStart => "fix the cause in a new DebugSession, or fix it in the cluster and raise spec.attempt",
             Self::StartTimeout => "once the cause is fixed, raise spec.attempt to try again",
             Self::TargetGone => "create a new DebugSession to debug another pod",

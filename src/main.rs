@@ -8,7 +8,7 @@ use ephemera::{controller, crd, leader, metrics::Metrics, server, telemetry};
 
 /// Declarative debugging of running pods with ephemeral containers.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +43,8 @@ enum Command {
         /// Identity in the Lease (in a cluster: the pod name, from POD_NAME).
         #[arg(long, env = "POD_NAME")]
         leader_election_identity: Option<String>,
+        #[command(flatten)]
+        policy: Box<PolicyArgs>,
     },
     /// Print the DebugSession CustomResourceDefinition as YAML.
     Crd {
@@ -51,6 +53,43 @@ enum Command {
         #[arg(long, value_name = "MAJOR.MINOR", default_value_t = crd::KubeVersion::NEWEST)]
         kubernetes_version: crd::KubeVersion,
     },
+}
+
+/// The platform's rules for debug containers (the chart's `policy.*` and `security.*` values).
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// Refuse sessions on which admission recorded no requester, so that every
+    /// container is checked against the rights of whoever asked for it. Turn off
+    /// only where every DebugSession author may debug (see docs/security.md).
+    #[arg(long, env = "EPHEMERA_REQUIRE_REQUESTER", default_value_t = true, action = clap::ArgAction::Set)]
+    require_requester: bool,
+    /// Images debug containers may use (glob patterns, comma-separated); empty allows any.
+    #[arg(long, env = "EPHEMERA_ALLOWED_IMAGES", value_delimiter = ',')]
+    allowed_images: Vec<String>,
+    /// Only images pinned by digest (name@sha256:...).
+    #[arg(long, env = "EPHEMERA_REQUIRE_IMAGE_DIGEST")]
+    require_image_digest: bool,
+    /// Profiles debug containers may use (comma-separated); empty allows all.
+    #[arg(long, env = "EPHEMERA_ALLOWED_PROFILES", value_delimiter = ',')]
+    allowed_profiles: Vec<crd::Profile>,
+    /// At most this many sessions with a debug container that may run, per namespace.
+    #[arg(long, env = "EPHEMERA_MAX_ACTIVE_SESSIONS_PER_NAMESPACE")]
+    max_active_sessions_per_namespace: Option<usize>,
+    /// At most this many such sessions per requester.
+    #[arg(long, env = "EPHEMERA_MAX_ACTIVE_SESSIONS_PER_USER")]
+    max_active_sessions_per_user: Option<usize>,
+}
+
+impl PolicyArgs {
+    fn policy(self) -> Result<ephemera::policy::Policy, Box<dyn std::error::Error>> {
+        let mut policy = ephemera::policy::Policy::default().with_allowed_images(&self.allowed_images)?;
+        policy.require_image_digest = self.require_image_digest;
+        policy.allowed_profiles = (!self.allowed_profiles.is_empty()).then_some(self.allowed_profiles);
+        policy.max_active_per_namespace = self.max_active_sessions_per_namespace;
+        policy.max_active_per_requester = self.max_active_sessions_per_user;
+        policy.require_requester = self.require_requester;
+        Ok(policy)
+    }
 }
 
 #[tokio::main]
@@ -67,8 +106,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             leader_election_lease_name,
             leader_election_lease_seconds,
             leader_election_identity,
+            policy,
         } => {
             telemetry::init(log_format);
+            let policy = policy.policy()?;
             // Bound before anything else: a taken port is a startup error, not a blind operator.
             let listener = server::bind(metrics_addr).await?;
             let mut config = match kube_context {
@@ -93,7 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let health = if leader_elect { Arc::new(server::Health::default()) } else { server::Health::sole_leader() };
             let server = tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
             tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "starting ephemera controller");
-            let controller = controller::run(client.clone(), watch_client, namespace, metrics, health.clone());
+            let controller = controller::run(client.clone(), watch_client, namespace, metrics, health.clone(), policy);
             let result = if leader_elect {
                 let identity = leader_election_identity.unwrap_or_else(default_identity);
                 let election = leader::LeaderElection {

@@ -20,7 +20,9 @@ use crate::debug_container::{
     mismatch,
 };
 use crate::ephemeral_api::Availability;
+use crate::policy::{ActiveSessions, Policy};
 use crate::reads::is_settled;
+use crate::requester::requester;
 use crate::target::{Failure, check_target, describe_phase, is_terminating, pick_pod, satisfies};
 use crate::validation::{self, MAX_CONTAINER_BYTES};
 
@@ -44,7 +46,13 @@ pub struct Observed<'a> {
     /// Asked only when a container may be added.
     pub availability: Option<&'a Availability>,
     pub now: Timestamp,
+    /// The platform's rules, and the other sessions they count.
+    pub policy: &'a Policy,
+    pub active: ActiveSessions,
 }
+
+/// No rules at all (tests, and `ephemera run` without policy flags).
+pub static NO_POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
 /// What to do after publishing [`Decision::status`].
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +95,7 @@ pub fn decide(session: &DebugSession, observed: &Observed) -> Decision {
     let prior = session.status.clone().unwrap_or_default();
     let mut status = prior.clone();
     status.observed_generation = session.metadata.generation;
+    status.requester = requester(session).map(|r| r.username);
 
     let decision = if session.metadata.deletion_timestamp.is_some() {
         // Deletion has begun: nothing more is added anywhere.
@@ -204,7 +213,7 @@ fn decide_with_pods(
 
     status.attempt = attempt;
     clear_current(&mut status);
-    match plan_injection(session, pod, observed.availability) {
+    match plan_injection(session, pod, observed) {
         Ok((container, target_container)) => {
             status.phase = Some(Phase::Pending);
             status.target_container_name = Some(target_container);
@@ -216,13 +225,13 @@ fn decide_with_pods(
     }
 }
 
-/// The decision after the API server refused the container that `session`'s
-/// status (the claim) announced.
-pub fn refused(session: &DebugSession, failure: Failure, observed: &Observed) -> Decision {
-    let claim = session.status.clone().unwrap_or_default();
+/// The decision when the container that `claim` announces may not be added
+/// after all (the API server refused it, or its requester may not add it).
+pub fn refused(session: &DebugSession, claim: &DebugSessionStatus, failure: Failure, observed: &Observed) -> Decision {
+    let prior = session.status.clone().unwrap_or_default();
     let mut status = claim.clone();
     clear_current(&mut status);
-    finish(session, Decision { status: fail(status, failure), next: Next::Wait }, &claim, observed)
+    finish(session, Decision { status: fail(status, failure), next: Next::Wait }, &prior, observed)
 }
 
 /// Checks what was read against the spec. The previous status only names the
@@ -395,14 +404,26 @@ fn container_mismatch(session: &DebugSession, pod: &Pod, found: &Marked) -> Opti
 fn plan_injection(
     session: &DebugSession,
     pod: &Pod,
-    availability: Option<&Availability>,
+    observed: &Observed,
 ) -> Result<(EphemeralContainer, String), Failure> {
-    match availability {
+    match observed.availability {
         Some(Availability::Available(_)) => {}
         Some(Availability::Unavailable(message)) => {
             return Err(Failure::new(FailureReason::EphemeralContainersUnavailable, message.clone()));
         }
         None => return Err(Failure::new(FailureReason::EphemeralContainersUnavailable, "not checked")),
+    }
+    if observed.policy.require_requester && requester(session).is_none() {
+        return Err(Failure::new(
+            FailureReason::Forbidden,
+            "admission recorded no requester on this session, so nobody can be checked for the right to debug; install the chart's admission policies (or set security.requireRequester: false if every DebugSession author may debug)",
+        ));
+    }
+    if let Err(violation) = observed.policy.check(session, observed.active) {
+        return Err(Failure::new(
+            FailureReason::PolicyViolation,
+            format!("{} (rule {})", violation.message, violation.rule),
+        ));
     }
     if !satisfies(pod, &session.spec.target) {
         return Err(Failure::new(

@@ -128,7 +128,13 @@ fn condition<'a>(status: &'a DebugSessionStatus, type_: &str) -> &'a Condition {
 
 /// Decides with the pod `web` as read by name (or `None` for a 404).
 fn decide_on(session: &DebugSession, pod: Option<&Pod>, availability: Option<&Availability>, secs: i64) -> Decision {
-    let observed = Observed { pods: PodView::Named { name: "web", pod }, availability, now: at(secs) };
+    let observed = Observed {
+        pods: PodView::Named { name: "web", pod },
+        availability,
+        now: at(secs),
+        policy: &NO_POLICY,
+        active: Default::default(),
+    };
     decide(session, &observed)
 }
 
@@ -320,8 +326,13 @@ fn a_selector_pin_is_checked_against_the_selector() {
     let s = session_for(target.clone(), 0, Some(pinned("db")));
     let mut db = named_pod("db", "Running", &[]);
     db.metadata.labels = Some(BTreeMap::from([("app".into(), "db".into())]));
-    let observed =
-        Observed { pods: PodView::Named { name: "db", pod: Some(&db) }, availability: Some(&SERVED), now: at(1) };
+    let observed = Observed {
+        pods: PodView::Named { name: "db", pod: Some(&db) },
+        availability: Some(&SERVED),
+        now: at(1),
+        policy: &NO_POLICY,
+        active: Default::default(),
+    };
     let decision = decide(&s, &observed);
     assert_eq!(decision.next, Next::LookAgain, "{decision:?}");
     assert_eq!(decision.status.pod_name, None, "the pin is dropped, not obeyed");
@@ -329,15 +340,26 @@ fn a_selector_pin_is_checked_against_the_selector() {
     // A pinned pod that matches and was claimed before a crash gets the container.
     let s = session_for(target.clone(), 0, Some(pinned("web-2")));
     let web2 = named_pod("web-2", "Running", &[]);
-    let observed =
-        Observed { pods: PodView::Named { name: "web-2", pod: Some(&web2) }, availability: Some(&SERVED), now: at(1) };
+    let observed = Observed {
+        pods: PodView::Named { name: "web-2", pod: Some(&web2) },
+        availability: Some(&SERVED),
+        now: at(1),
+        policy: &NO_POLICY,
+        active: Default::default(),
+    };
     assert_eq!(injects(&decide(&s, &observed)), Some("debugger-abcde"));
 
     // Choosing among candidates prefers the pod that already holds our container.
     let s = session_for(target, 0, None);
     let candidates =
         [named_pod("web-1", "Running", &[]), named_pod("web-2", "Running", &[("debugger-abcde", running())])];
-    let observed = Observed { pods: PodView::Selected(&candidates), availability: Some(&SERVED), now: at(1) };
+    let observed = Observed {
+        pods: PodView::Selected(&candidates),
+        availability: Some(&SERVED),
+        now: at(1),
+        policy: &NO_POLICY,
+        active: Default::default(),
+    };
     let decision = decide(&s, &observed);
     assert_eq!(decision.status.pod_name.as_deref(), Some("web-2"));
     assert_eq!(decision.status.phase, Some(Phase::Running));
@@ -541,7 +563,14 @@ fn requeue_waits_for_start_deadline_and_ttl() {
     assert_eq!(ttl_deadline(&s, &done), Some(at(39)));
     assert_eq!(requeue_after(&s, &done, at(20)), Some(Duration::from_millis(19_100)));
     s.status = Some(done.clone());
-    assert_eq!(decide(&s, &Observed { pods: PodView::NotRead, availability: None, now: at(40) }).next, Next::Delete);
+    let observed = Observed {
+        pods: PodView::NotRead,
+        availability: None,
+        now: at(40),
+        policy: &NO_POLICY,
+        active: Default::default(),
+    };
+    assert_eq!(decide(&s, &observed).next, Next::Delete);
     s.spec.attempt = 1;
     assert_eq!(ttl_deadline(&s, &done), None, "a raised attempt is not finished");
 }

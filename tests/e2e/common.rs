@@ -135,6 +135,9 @@ impl Operator {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ephemera"))
             .args(["run", "--metrics-addr", metrics_addr])
+            // Most tests install no admission policy recording the requester; those
+            // that test it pass --require-requester=true after this.
+            .arg("--require-requester=false")
             // An empty namespace means all of them.
             .args(if namespace.is_empty() { vec![] } else { vec!["--namespace", namespace] })
             .args(extra_args)

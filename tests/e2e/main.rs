@@ -10,6 +10,7 @@ mod in_cluster;
 mod interactive;
 mod leader;
 mod plugin;
+mod security;
 mod trust;
 
 use std::time::Duration;
