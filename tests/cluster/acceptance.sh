@@ -53,7 +53,11 @@ poll() {
   done
 }
 
-ours_running() { pgrep -a -f "$EPHEMERA_CLUSTER_DIR|kcluster|containerd-shim" | grep -v "^$$ " || true; }
+# processes of this cluster: naming its state dir in their command line, or
+# shims of its containerd (other clusters may run at the same time)
+ours_running() {
+  pgrep -a -f -- "$STATE(/| |\$)|containerd-shim.* -address $CONTAINERD_SOCK( |\$)" | grep -v "^$$ " || true
+}
 no_leftovers() { [[ -z $(ours_running) ]]; }
 
 # up MODE_ARGS...: run up.sh, store its duration in UP_TIME, check the export line
@@ -98,7 +102,7 @@ teardown_checks() {
   check "down.sh exits 0" test "$rc" = 0
   ((rc == 0)) || cat "$WORK/down.out"
   poll 15 no_leftovers
-  echo "  pgrep -a -f \"$EPHEMERA_CLUSTER_DIR|kcluster|containerd-shim\":"
+  echo "  processes of this cluster (its state dir or its containerd's shims):"
   ours_running | sed 's/^/    /'
   check "no cluster process left (pgrep output above is empty)" no_leftovers
   check "bridge $BRIDGE is gone" bash -c "! ip link show $BRIDGE >/dev/null 2>&1"

@@ -1,21 +1,44 @@
 #!/usr/bin/env bash
 # Stops the local ephemera test cluster started by up.sh and removes its state
 # directory (${EPHEMERA_CLUSTER_DIR:-/tmp/ephemera-cluster}): pods and their
-# network namespaces, the recorded processes, containerd shims, mounts, the
-# cni-ephemera bridge, iptables chains the cluster created, its cgroups.
-# Harmless when nothing is running.
+# network namespaces, the recorded processes, containerd shims, mounts, its
+# cni-ephemera bridge, its cgroups, its pod logs. Other instances (clusters in
+# other state dirs) are left alone; the last node instance to stop also
+# removes the iptables chains and host dirs that the nodes created and
+# restores ip_forward. Harmless when nothing is running.
 #
-#   tests/cluster/down.sh
+#   tests/cluster/down.sh         the cluster in $EPHEMERA_CLUSTER_DIR
+#   tests/cluster/down.sh --all   every cluster on this machine (e.g. for CI)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ $(id -u) == 0 ]] || die "down.sh must run as root"
+case ${1:-} in
+  "") ;;
+  --all)
+    # every claimed instance, then the default dir (whose cluster may be older
+    # than instances and hold no claim)
+    rc=0
+    for f in "$REGISTRY"/instance-*; do
+      [[ -s $f ]] || continue
+      d=$(<"$f")
+      # a claim whose dir is gone (removed by hand) is just dropped
+      claim_dir "${f##*/instance-}" >/dev/null || { rm -f "$f"; continue; }
+      [[ $d == "$DEFAULT_STATE" ]] && continue
+      EPHEMERA_CLUSTER_DIR=$d EPHEMERA_CLUSTER_INSTANCE="" "$0" || rc=1
+    done
+    EPHEMERA_CLUSTER_DIR=$DEFAULT_STATE EPHEMERA_CLUSTER_INSTANCE="" "$0" || rc=1
+    exit "$rc"
+    ;;
+  *) die "unknown argument: $1 (usage: down.sh [--all])" ;;
+esac
 
 T0=$SECONDS
 
 # ------------------------------------------------------------------ helpers ---
-# stop_pids NAME...: TERM the recorded processes, wait up to 20s, then KILL.
+# stop_pids NAME...: TERM the recorded processes, wait up to $GRACE seconds
+# (default 20), then KILL.
 stop_pids() {
   local name pid pids=() names=()
   for name in "$@"; do
@@ -27,7 +50,8 @@ stop_pids() {
   done
   ((${#pids[@]})) || return 0
   log "stopping ${names[*]}"
-  local deadline=$((SECONDS + 20)) alive
+  local grace=${GRACE:-20} alive
+  local deadline=$((SECONDS + grace))
   while :; do
     alive=()
     for pid in "${pids[@]}"; do
@@ -35,7 +59,7 @@ stop_pids() {
     done
     ((${#alive[@]})) || break
     if ((SECONDS >= deadline)); then
-      log "still running after 20s, sending KILL: ${alive[*]}"
+      log "still running after ${grace}s, sending KILL: ${alive[*]}"
       kill -KILL "${alive[@]}" 2>/dev/null || true
       sleep 0.5
       break
@@ -72,7 +96,12 @@ unmount_all() {
   [[ -z $left ]] || die "could not unmount: $left"
 }
 
-cgroup_dirs() { local h; for h in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do [[ -d $h ]] && echo "$h"; done; return 0; }
+cgroup_dirs() {
+  [[ -n $INSTANCE ]] && ! held_by_other || return 0
+  local h
+  for h in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do [[ -d $h ]] && echo "$h"; done
+  return 0
+}
 
 # processes still inside the kubelet's cgroup root (containers whose shim is gone)
 cgroup_procs() {
@@ -99,8 +128,21 @@ remove_cgroups() {
   done < <(cgroup_dirs)
 }
 
+# held_by_other: another live cluster claims our instance number (only by
+# hand: EPHEMERA_CLUSTER_INSTANCE, or a dir from before instances), so the
+# bridge and cgroups of that number are its, not ours
+held_by_other() {
+  local d
+  d=$(claim_dir "$INSTANCE") && [[ $d != "$STATE" ]]
+}
+
 remove_bridge() {
+  [[ -n $INSTANCE ]] || return 0
   ip link show "$BRIDGE" >/dev/null 2>&1 || return 0
+  if held_by_other; then
+    log "warning: instance $INSTANCE is claimed by $(claim_dir "$INSTANCE"); leaving bridge $BRIDGE to it"
+    return 0
+  fi
   local v
   # veths still enslaved to the bridge (their netns leaked) go first
   for v in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -110,23 +152,38 @@ remove_bridge() {
   log "removed bridge $BRIDGE"
 }
 
-# remove iptables chains named CNI-*/KUBE-* that appeared while the cluster ran
-remove_iptables_chains() {
-  local before=$STATE/iptables-chains.before
-  [[ -f $before ]] && command -v iptables-save >/dev/null || return 0
-  local new t c rule
-  new=$(LC_ALL=C comm -13 "$before" <(iptables_chains) | awk '$2 ~ /^(CNI-|KUBE-)/')
-  [[ -n $new ]] || return 0
-  log "removing iptables chains created by the cluster: $(echo "$new" | awk '{print $1"/"$2}' | tr '\n' ' ')"
+# remove_chains "TABLE CHAIN" lines: drop the jumps into each, flush, delete
+remove_chains() {
+  local chains=$1 t c rule
+  [[ -n $chains ]] || return 0
+  log "removing iptables chains: $(echo "$chains" | awk '{print $1"/"$2}' | tr '\n' ' ')"
   while read -r t c; do
     # drop jumps into the chain, then flush it
     iptables -t "$t" -S 2>/dev/null | grep -E -- "-j $c( |$)" | while IFS= read -r rule; do
       eval "iptables -t $t ${rule/#-A/-D}" 2>/dev/null || true
     done || true
     iptables -t "$t" -F "$c" 2>/dev/null || true
-  done <<<"$new"
-  while read -r t c; do iptables -t "$t" -X "$c" 2>/dev/null || true; done <<<"$new"
+  done <<<"$chains"
+  while read -r t c; do iptables -t "$t" -X "$c" 2>/dev/null || true; done <<<"$chains"
 }
+
+# our_portmap_chains: the per-sandbox chains of the portmap plugin for our
+# sandboxes ("CNI-DN-" + sha512(network name + sandbox ID), cut to 28
+# characters), left behind only when CNI DEL could not run
+our_portmap_chains() {
+  local sb h
+  for sb in "$CONTAINERD_DIR/root/io.containerd.grpc.v1.cri/sandboxes/"*; do
+    [[ -d $sb ]] || continue
+    h=$(printf '%s' "$CNI_NETWORK${sb##*/}" | sha512sum | cut -c1-21)
+    echo "nat CNI-DN-$h"
+  done
+}
+
+# existing_chains "TABLE CHAIN" lines: those that exist
+existing_chains() { LC_ALL=C comm -12 <(LC_ALL=C sort -u <<<"$1") <(iptables_chains) | sed '/^$/d'; }
+
+# new_chains BEFORE_FILE: the CNI-*/KUBE-* chains that are not in BEFORE_FILE
+new_chains() { LC_ALL=C comm -13 "$1" <(iptables_chains) | awk '$2 ~ /^(CNI-|KUBE-)/'; }
 
 # libcni's result cache of our sandboxes, left behind when CNI DEL could not
 # run (containerd was dead): files named after our network or our sandbox IDs
@@ -140,21 +197,79 @@ remove_cni_cache() {
   return 0
 }
 
-# host directories that did not exist before up.sh: remove the sockets and
-# empty directories left in them (anything else means someone else uses them)
+# remove_pod_logs: what our kubelet left in the shared /var/log: the pod log
+# dirs /var/log/pods/NS_POD_UID of our pods (kubelets before 1.29 always keep
+# logs there) and the links in /var/log/containers into them or into $STATE
+remove_pod_logs() {
+  local -A ours=()
+  local d uid f t
+  for d in "$KUBELET_ROOT"/pods/*/; do
+    [[ -d $d ]] || continue
+    d=${d%/}
+    ours[${d##*/}]=1
+  done
+  for d in /var/log/pods/*_*; do
+    [[ -d $d ]] || continue
+    uid=${d##*_}
+    [[ -n ${ours[$uid]:-} ]] && rm -rf -- "$d"
+  done
+  for f in /var/log/containers/*; do
+    [[ -L $f ]] || continue
+    t=$(readlink "$f")
+    case $t in
+      "$STATE"/*) rm -f -- "$f" ;;
+      /var/log/pods/*)
+        uid=${t#/var/log/pods/}; uid=${uid%%/*}; uid=${uid##*_}
+        [[ -z ${ours[$uid]:-} ]] || rm -f -- "$f"
+        ;;
+    esac
+  done
+  return 0
+}
+
+# remove_host_dirs FILE: of the host directories listed in FILE (those that did
+# not exist before), remove the sockets and empty directories left in them
+# (anything else means someone else uses them)
 remove_host_dirs() {
   local d
-  [[ -f $STATE/host-dirs.created ]] || return 0
+  [[ -f $1 ]] || return 0
   while IFS= read -r d; do
     [[ -n $d && -d $d ]] || continue
     find "$d" -depth \( -type s -o -type d -empty \) -delete 2>/dev/null || true
     [[ ! -e $d ]] || log "note: $d is not empty, left in place"
-  done <"$STATE/host-dirs.created"
+  done <"$1"
+}
+
+# restore_host: what all node instances share. Ours alone goes now (our
+# sandboxes' portmap chains); the rest only when no other node runs: the
+# chains that the nodes created, the host dirs, ip_forward, as recorded in the
+# registry's baseline (or, for a state dir of scripts older than instances,
+# in the state dir itself).
+restore_host() {
+  local others base
+  command -v iptables-save >/dev/null && remove_chains "$(existing_chains "$(our_portmap_chains)")"
+  others=$(other_nodes)
+  if [[ -n $others ]]; then
+    log "other nodes still run, so shared iptables chains, host dirs and ip_forward stay:"$'\n'"    ${others//$'\n'/$'\n'    }"
+    return 0
+  fi
+  if [[ -d $REGISTRY/baseline ]]; then
+    base=$REGISTRY/baseline
+    [[ -f $base/iptables-chains ]] && command -v iptables-save >/dev/null && remove_chains "$(new_chains "$base/iptables-chains")"
+    remove_host_dirs "$base/host-dirs.created"
+    [[ -f $base/ip_forward ]] && { sysctl -qw "net.ipv4.ip_forward=$(<"$base/ip_forward")" || true; }
+    rm -rf "$base"
+  else
+    [[ -f $STATE/iptables-chains.before ]] && command -v iptables-save >/dev/null && remove_chains "$(new_chains "$STATE/iptables-chains.before")"
+    remove_host_dirs "$STATE/host-dirs.created"
+    [[ -f $STATE/ip_forward.orig ]] && { sysctl -qw "net.ipv4.ip_forward=$(<"$STATE/ip_forward.orig")" || true; }
+  fi
+  return 0
 }
 
 # --------------------------------------------------------------------- main ---
 if [[ ! -e $STATE ]]; then
-  remove_bridge
+  remove_bridge # only when the instance is known: the default dir or EPHEMERA_CLUSTER_INSTANCE
   log "no cluster state in $STATE; nothing to stop"
   exit 0
 fi
@@ -191,8 +306,11 @@ if pid_of containerd >/dev/null; then
   done
 fi
 
-# 3. every recorded process, newest first
-stop_pids kube-scheduler kube-controller-manager containerd
+# 3. every recorded process, newest first. The scheduler keeps no state, and
+#    those of 1.22 to 1.24 never exit on TERM without leader election (their
+#    scheduling loop stays blocked in the queue's Pop), so it gets 2 s.
+GRACE=2 stop_pids kube-scheduler
+stop_pids kube-controller-manager containerd
 stop_pids kube-apiserver
 stop_pids etcd
 
@@ -206,19 +324,22 @@ if [[ -n $shims ]]; then
 fi
 remove_cgroups
 
-# 5. mounts, bridge, iptables, sysctl
+# 5. mounts, bridge, our CNI cache and pod logs, then (under the registry lock,
+#    so that no node starts meanwhile) what all nodes share, and our claim
 unmount_all
 remove_bridge
-remove_iptables_chains
 remove_cni_cache
-remove_host_dirs
-if [[ -f $STATE/ip_forward.orig ]]; then
-  sysctl -qw "net.ipv4.ip_forward=$(<"$STATE/ip_forward.orig")" || true
+remove_pod_logs
+registry_lock
+restore_host
+if [[ -n $INSTANCE && $(cat "$REGISTRY/instance-$INSTANCE" 2>/dev/null) == "$STATE" ]]; then
+  rm -f "$REGISTRY/instance-$INSTANCE"
 fi
 
-left=$(pgrep -af -- "$STATE" | grep -v -- "^$$ " || true)
+left=$(pgrep -af -- "$STATE(/| |$)" | grep -v -- "^$$ " || true)
 [[ -z $left ]] || log "warning: processes still mention $STATE:"$'\n'"$left"
 
 # 6. the state directory (never crossing into a filesystem still mounted below it)
 rm -rf --one-file-system "$STATE"
+registry_unlock
 log "cluster in $STATE stopped and removed ($((SECONDS - T0))s)"

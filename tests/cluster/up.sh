@@ -2,29 +2,84 @@
 # Starts the local ephemera test cluster: one real node (127.0.0.1) made of
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, a private
 # containerd and the kubelet, all from the multicall binary built from
-# tests/cluster/cmd/kcluster.
+# tests/cluster/cmd/kcluster (and, for an older Kubernetes, the one built from
+# tests/cluster/k8s/vX.Y).
 #
-#   tests/cluster/up.sh [--control-plane-only]
+#   tests/cluster/up.sh [--kubernetes 1.34|1.24|1.22|1.21] [--control-plane-only]
+#                       [--feature-gates GATES] [--kubelet-feature-gates GATES]
 #
-# --control-plane-only  etcd + kube-apiserver + kube-controller-manager only
-#                       (no containerd, scheduler or kubelet; pods stay Pending)
+# --control-plane-only       etcd + kube-apiserver + kube-controller-manager only
+#                            (no containerd, scheduler or kubelet; pods stay Pending)
+# --kubernetes MINOR         the version of apiserver, controller-manager,
+#                            scheduler and kubelet (default: 1.34, the main build);
+#                            etcd and kubectl are always the main build's
+# --feature-gates GATES      e.g. EphemeralContainers=true, for the apiserver,
+#                            controller-manager, scheduler and kubelet
+# --kubelet-feature-gates G  the kubelet's instead (e.g. EphemeralContainers=false
+#                            with the apiserver's gate on)
 #
 # State lives in ${EPHEMERA_CLUSTER_DIR:-/tmp/ephemera-cluster}; the last line
 # printed is `export KUBECONFIG=...`. Running it again while the cluster is
-# healthy only prints that line. Stop everything with tests/cluster/down.sh.
+# healthy and has the same settings only prints that line. Several clusters
+# can run at once in different state dirs (see README.md, "Instances"). Stop
+# one with EPHEMERA_CLUSTER_DIR=... tests/cluster/down.sh.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; }
 MODE=full
-for arg in "$@"; do
+K8S_MINOR=$MAIN_MINOR
+GATES=""
+KUBELET_GATES=""
+KUBELET_GATES_SET=false
+while (($#)); do
+  arg=$1; shift
+  case $arg in
+    --*=*) set -- "${arg#*=}" "$@"; arg=${arg%%=*} ;;
+  esac
   case $arg in
     --control-plane-only) MODE=control-plane ;;
-    --deps-only) MODE=deps ;; # install packages and build the binary, start nothing
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument: $arg (usage: up.sh [--control-plane-only])" ;;
+    --deps-only) MODE=deps ;; # install packages and build the binaries, start nothing
+    --kubernetes | --feature-gates | --kubelet-feature-gates)
+      (($#)) || die "$arg needs a value (see --help)"
+      case $arg in
+        --kubernetes) K8S_MINOR=${1#v} ;;
+        --feature-gates) GATES=$1 ;;
+        --kubelet-feature-gates) KUBELET_GATES=$1; KUBELET_GATES_SET=true ;;
+      esac
+      shift
+      ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument: $arg (see up.sh --help)" ;;
   esac
 done
+$KUBELET_GATES_SET || KUBELET_GATES=$GATES
+
+OLD_DIR=""
+if [[ $K8S_MINOR != "$MAIN_MINOR" ]]; then
+  [[ -f $CLUSTER_SRC/k8s/v$K8S_MINOR/go.mod ]] ||
+    die "no Kubernetes $K8S_MINOR here; --kubernetes takes $MAIN_MINOR (main build) or one of: $(old_minors | tr '\n' ' ')"
+  OLD_DIR=$CLUSTER_SRC/k8s/v$K8S_MINOR
+fi
+gate_re='(^|,)[[:space:]]*EphemeralContainers='
+if [[ -z $OLD_DIR ]] && [[ $GATES =~ $gate_re || $KUBELET_GATES =~ $gate_re ]]; then
+  die "Kubernetes $MAIN_MINOR has no EphemeralContainers feature gate (GA in 1.25, removed in 1.27: ephemeral containers are always on); use --kubernetes 1.21, 1.22 or 1.24 to turn them off"
+fi
+if [[ $MODE == control-plane ]] && $KUBELET_GATES_SET; then
+  die "--kubelet-feature-gates needs a kubelet; it makes no sense with --control-plane-only"
+fi
+# what the state dir records: another value restarts the cluster
+SETTINGS="kubernetes=$K8S_MINOR feature-gates=$GATES kubelet-feature-gates=$KUBELET_GATES"
+
+# version_before 1.MINOR: the cluster's Kubernetes is older than that
+version_before() { ((${K8S_MINOR#1.} < ${1#1.})); }
+GATE_FLAGS=()
+[[ -z $GATES ]] || GATE_FLAGS=(--feature-gates "$GATES")
+# Before 1.23 the scheduler serves plain HTTP on :10251 and the
+# controller-manager on :10252 unless told not to, and two instances collide.
+INSECURE_PORT_OFF=()
+if version_before 1.23; then INSECURE_PORT_OFF=(--port=0); fi
 
 [[ $(id -u) == 0 ]] || die "up.sh must run as root (it starts containerd and the kubelet)"
 
@@ -63,42 +118,64 @@ binary_hash() {
   )
 }
 
-k8s_version() { awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$CLUSTER_SRC/go.mod"; }
+build_ldflags() { version_ldflags "$MAIN_VERSION"; }
 
-build_ldflags() {
-  local v major minor pkg flags=""
-  v=$(k8s_version)
-  major=${v#v}; major=${major%%.*}
-  minor=${v#v*.}; minor=${minor%%.*}
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  echo "${flags# }"
-}
-
-ensure_binary() {
-  KCLUSTER=$CACHE_DIR/kcluster-$(binary_hash)
-  if [[ -x $KCLUSTER ]]; then
-    log "binary: $KCLUSTER (cached)"
+# build_once BINARY LOCK LOG DESCRIPTION CMD...: runs CMD (which writes $OUT)
+# under LOCK unless BINARY exists; another up.sh may be building the same one
+build_once() {
+  local bin=$1 lock=$2 buildlog=$3 desc=$4; shift 4
+  if [[ -x $bin ]]; then
+    log "binary: $bin (cached)"
     return
   fi
-  command -v go >/dev/null || die "the Go toolchain is not in PATH; it is needed once to build $KCLUSTER"
+  command -v go >/dev/null || die "the Go toolchain is not in PATH; it is needed once to build $bin"
   mkdir -p "$CACHE_DIR"
-  exec 9>"$CACHE_DIR/build.lock"
-  flock 9 # another up.sh may be building the same binary
-  if [[ ! -x $KCLUSTER ]]; then
-    log "building $KCLUSTER (cold: ~4-5 min on 2 cores; log: $CACHE_DIR/build.log)"
-    local t0=$SECONDS tmp=$KCLUSTER.tmp.$$
-    if ! (cd "$CLUSTER_SRC" && go build -ldflags "$(build_ldflags)" -o "$tmp" ./cmd/kcluster) >"$CACHE_DIR/build.log" 2>&1; then
-      rm -f "$tmp"
-      tail -n 30 "$CACHE_DIR/build.log" >&2
-      die "go build failed (full log: $CACHE_DIR/build.log)"
+  exec 9>"$lock"
+  flock 9
+  if [[ ! -x $bin ]]; then
+    log "building $bin ($desc; log: $buildlog)"
+    local t0=$SECONDS
+    OUT=$bin.tmp.$$
+    if ! "$@" >"$buildlog" 2>&1; then
+      rm -f "$OUT"
+      tail -n 30 "$buildlog" >&2
+      die "go build failed (full log: $buildlog)"
     fi
-    mv -f "$tmp" "$KCLUSTER"
+    mv -f "$OUT" "$bin"
     log "built in $((SECONDS - t0))s"
   fi
   exec 9>&-
+}
+
+main_build() { (cd "$CLUSTER_SRC" && go build -ldflags "$(build_ldflags)" -o "$OUT" ./cmd/kcluster); }
+
+ensure_binary() {
+  KCLUSTER=$CACHE_DIR/kcluster-$(binary_hash)
+  build_once "$KCLUSTER" "$CACHE_DIR/build.lock" "$CACHE_DIR/build.log" "cold: ~4-5 min on 2 cores" main_build
+}
+
+# The old version's binary: kube-apiserver, kube-controller-manager,
+# kube-scheduler and kubelet of $OLD_DIR, built by hack/build-old.sh.
+old_binary_hash() {
+  (
+    cd "$CLUSTER_SRC"
+    local d=k8s/v$K8S_MINOR
+    {
+      echo "old-recipe-v1 $OLD_BUILD_TAGS $(old_build_ldflags "$(k8s_version_in "$d")")"
+      sha256sum "$d/go.mod" "$d/go.sum" hack/build-old.sh
+      find "$d" -name '*.go' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -c1-12
+  )
+}
+
+old_build() { "$CLUSTER_SRC/hack/build-old.sh" "$OLD_DIR" "$OUT"; }
+
+ensure_old_binary() {
+  KCLUSTER_K8S=$KCLUSTER
+  [[ -n $OLD_DIR ]] || return 0
+  KCLUSTER_K8S=$CACHE_DIR/kcluster-$(old_binary_hash)
+  build_once "$KCLUSTER_K8S" "$CACHE_DIR/build-v$K8S_MINOR.lock" "$CACHE_DIR/build-v$K8S_MINOR.log" \
+    "Kubernetes $(k8s_version_in "$OLD_DIR"), cold: ~4-6 min on 2 cores" old_build
 }
 
 # ------------------------------------------------------------- processes ---
@@ -166,8 +243,11 @@ etcd_healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$ETCD_CLIENT_PORT/heal
 
 cluster_healthy() { # MODE: the recorded cluster is complete and serving
   [[ -f $STATE/mode && $(<"$STATE/mode") == "$1" ]] || return 1
-  # a cluster running an older build of the binary is restarted
+  # another version, other gates or instance, or an older build of a binary
+  [[ -f $STATE/settings && $(<"$STATE/settings") == "$SETTINGS" ]] || return 1
+  [[ -z ${EPHEMERA_CLUSTER_INSTANCE:-} || $EPHEMERA_CLUSTER_INSTANCE == "$INSTANCE" ]] || return 1
   [[ $(readlink "$BIN/kcluster" 2>/dev/null) == "$KCLUSTER" ]] || return 1
+  [[ $(readlink "$BIN/kube-apiserver" 2>/dev/null) == "$KCLUSTER_K8S" ]] || return 1
   local c comps=("${CP_COMPONENTS[@]}")
   [[ $1 == full ]] && comps+=("${NODE_COMPONENTS[@]}")
   for c in "${comps[@]}"; do pid_of "$c" >/dev/null || return 1; done
@@ -330,7 +410,7 @@ start_control_plane() {
     --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
-    --profiling=false --v=1
+    "${GATE_FLAGS[@]}" --profiling=false --v=1
   wait_until "kube-apiserver /readyz" 120 kube-apiserver apiserver_ready
 
   start_bg kube-controller-manager "$BIN/kube-controller-manager" \
@@ -343,7 +423,7 @@ start_control_plane() {
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false \
     --kube-api-qps 100 --kube-api-burst 200 \
-    --profiling=false --v=1
+    "${INSECURE_PORT_OFF[@]}" "${GATE_FLAGS[@]}" --profiling=false --v=1
 }
 
 setup_cgroups() {
@@ -461,17 +541,17 @@ authentication:
     clientCAFile: $PKI/ca.crt
 authorization:
   mode: Webhook
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
-imageServiceEndpoint: unix://$CONTAINERD_SOCK
+$(version_before 1.27 || printf 'containerRuntimeEndpoint: %s\nimageServiceEndpoint: %s\n' "unix://$CONTAINERD_SOCK" "unix://$CONTAINERD_SOCK")
 cgroupDriver: cgroupfs
 cgroupRoot: /$CGROUP_ROOT
 cgroupsPerQOS: true
 failSwapOn: false
-failCgroupV1: false
+$(version_before 1.31 || echo 'failCgroupV1: false')
 makeIPTablesUtilChains: false
 resolvConf: $STATE/resolv.conf
 clusterDomain: cluster.local
-podLogsDir: $STATE/pod-logs
+# before 1.29 the kubelet keeps container logs in /var/log/pods, whatever it is told
+$(version_before 1.29 || echo "podLogsDir: $STATE/pod-logs")
 hairpinMode: hairpin-veth
 serializeImagePulls: false
 maxPods: 110
@@ -526,12 +606,8 @@ import_images() {
 }
 
 start_node() {
-  sysctl -n net.ipv4.ip_forward >"$STATE/ip_forward.orig"
+  host_baseline
   sysctl -qw net.ipv4.ip_forward=1
-  # remember which CNI-* iptables chains existed before, so down.sh removes only ours
-  iptables_chains >"$STATE/iptables-chains.before"
-  local d
-  for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] || echo "$d"; done >"$STATE/host-dirs.created"
   setup_cgroups
   pick_snapshotter
   write_node_configs
@@ -545,21 +621,82 @@ start_node() {
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
     --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --cert-dir "$STATE/kube-scheduler" \
-    --leader-elect=false --profiling=false --v=1
+    --leader-elect=false "${INSECURE_PORT_OFF[@]}" "${GATE_FLAGS[@]}" --profiling=false --v=1
 
   # No --node-ip: the kubelet refuses a loopback --node-ip, but takes the
   # InternalIP from an IP-valued --hostname-override.
+  local kubelet_flags=()
+  [[ -z $KUBELET_GATES ]] || kubelet_flags+=(--feature-gates "$KUBELET_GATES")
+  # Before 1.27 the runtime endpoint is a flag only, and before 1.24 the
+  # kubelet talks to dockershim unless told the runtime is remote.
+  if version_before 1.27; then
+    kubelet_flags+=(--container-runtime-endpoint "unix://$CONTAINERD_SOCK")
+    if version_before 1.24; then kubelet_flags+=(--container-runtime remote); fi
+  fi
   start_bg kubelet "$BIN/kubelet" \
     --config "$STATE/kubelet-config.yaml" \
     --kubeconfig "$STATE/kubelet.kubeconfig" \
     --hostname-override "$NODE_NAME" \
     --root-dir "$KUBELET_ROOT" --cert-dir "$KUBELET_ROOT/pki" \
-    --v=2
+    "${kubelet_flags[@]}" --v=2
+}
+
+# ------------------------------------------------------------- instances ---
+# claim_instance: creates the state dir and claims an instance number for it
+# (see lib.sh): EPHEMERA_CLUSTER_INSTANCE, 0 for the default dir, else the
+# lowest free one from 1. Mode and instance are written before the lock is
+# released, so that a down.sh elsewhere sees this node from the start.
+claim_instance() {
+  registry_lock
+  local n d want=${EPHEMERA_CLUSTER_INSTANCE:-}
+  [[ -n $want || $STATE != "$DEFAULT_STATE" ]] || want=0
+  if [[ -n $want ]]; then
+    if d=$(claim_dir "$want") && [[ $d != "$STATE" ]]; then
+      die "instance $want is taken by the cluster in $d; choose another EPHEMERA_CLUSTER_INSTANCE or stop that one"
+    fi
+    n=$want
+  else
+    for ((n = 1; n <= MAX_INSTANCE; n++)); do
+      # free: no live claim, and nothing else uses its bridge or API server port
+      claim_dir "$n" >/dev/null && continue
+      ip link show "cni-ephemera$n" >/dev/null 2>&1 && continue
+      [[ -z $(ss -Hltn "sport = :$((16443 + 100 * n))" 2>/dev/null) ]] || continue
+      break
+    done
+    ((n <= MAX_INSTANCE)) || die "all instances 1..$MAX_INSTANCE are taken (see $REGISTRY)"
+  fi
+  instance_vars "$n"
+  mkdir -p "$STATE"
+  echo "$n" >"$STATE/instance"
+  echo "$MODE" >"$STATE/mode"
+  touch "$STATE/.ephemera-cluster" # marker: down.sh only deletes directories carrying it
+  echo "$STATE" >"$REGISTRY/instance-$n"
+  registry_unlock
+}
+
+# host_baseline: records, once for all instances, what the host looked like
+# before the first node started: the iptables chains, which host dirs did not
+# exist, ip_forward. The last node instance's down.sh restores it. With no
+# other node running, an old record (whose last node did not restore it,
+# e.g. one started by scripts older than instances) is replaced.
+host_baseline() {
+  registry_lock
+  if [[ ! -d $REGISTRY/baseline || -z $(other_nodes) ]]; then
+    local tmp=$REGISTRY/baseline.tmp d
+    rm -rf "$tmp" "$REGISTRY/baseline"
+    mkdir -p "$tmp"
+    iptables_chains >"$tmp/iptables-chains"
+    for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] || echo "$d"; done >"$tmp/host-dirs.created"
+    sysctl -n net.ipv4.ip_forward >"$tmp/ip_forward"
+    mv "$tmp" "$REGISTRY/baseline"
+  fi
+  registry_unlock
 }
 
 # ------------------------------------------------------------------- main ---
 install_packages
 ensure_binary
+ensure_old_binary
 [[ $MODE == deps ]] && { log "dependencies ready ($(elapsed))"; exit 0; }
 
 if cluster_healthy "$MODE"; then
@@ -568,21 +705,26 @@ if cluster_healthy "$MODE"; then
   exit 0
 fi
 if [[ -e $STATE ]]; then
-  log "found a stopped, partial or different-mode cluster in $STATE; tearing it down"
+  log "found a stopped, partial or different cluster (mode, version, gates, binaries) in $STATE; tearing it down"
   "$CLUSTER_SRC/down.sh"
 fi
 
+claim_instance
 check_ports_free
-mkdir -p "$STATE"
-touch "$STATE/.ephemera-cluster" # marker: down.sh only deletes directories carrying it
 mkdir -p "$LOGS" "$PIDS" "$BIN"
-echo "$MODE" >"$STATE/mode"
-for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl cri-reset; do
+echo "$SETTINGS" >"$STATE/settings"
+# etcd and kubectl are always the main build's; the Kubernetes components are
+# the requested version's
+for c in etcd kubectl cri-reset kcluster; do
   ln -sfn "$KCLUSTER" "$BIN/$c"
 done
-ln -sfn "$KCLUSTER" "$BIN/kcluster"
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+  ln -sfn "$KCLUSTER_K8S" "$BIN/$c"
+done
 
-log "starting $MODE cluster in $STATE"
+shown_gates=${GATES:+, gates $GATES}
+[[ $MODE != full || $KUBELET_GATES == "$GATES" ]] || shown_gates+=", kubelet gates ${KUBELET_GATES:-(defaults)}"
+log "starting $MODE cluster (Kubernetes $(k8s_version_in "${OLD_DIR:-$CLUSTER_SRC}")$shown_gates) as instance $INSTANCE (API server port $APISERVER_PORT) in $STATE"
 gen_pki
 write_kubeconfigs
 start_control_plane
