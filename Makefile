@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build crds manifests check-generated test unit-test e2e-test demo demo-stop demo-check lint bench
+.PHONY: build crds manifests check-generated test unit-test e2e-test e2e-and-versions demo demo-stop demo-check lint bench
 
 build:
 	$(CARGO) build --release --locked
@@ -43,8 +43,13 @@ unit-test:
 	$(MAKE) check-generated
 
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, the end-to-end tests
-# (which start the cluster through tests/cluster/up.sh themselves) and the demo.
-test: lint unit-test cluster-test e2e-test demo-check
+# (which start the cluster through tests/cluster/up.sh themselves) next to the acceptance of the
+# old Kubernetes versions (their own clusters, built first so that their builds do not slow the
+# e2e tests down), and the demo.
+test: lint unit-test cluster-test cluster-deps-versions e2e-and-versions demo-check
+
+e2e-and-versions:
+	$(MAKE) -j2 --output-sync=target e2e-test cluster-test-versions
 
 # The run is bounded (it normally takes under a minute): a wedged cluster fails the
 # target instead of eating CI's whole time budget.
