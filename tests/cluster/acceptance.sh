@@ -75,6 +75,9 @@ up() {
     echo "unexpected last line: $(tail -n1 <<<"$out")"
     return 1
   }
+  # a state dir other than the default one gets its instance number (bridge,
+  # subnet, cgroup root) only now
+  if [[ -s $STATE/instance ]]; then instance_vars "$(<"$STATE/instance")"; fi
 }
 
 discovery_has_ephemeral() { "$K" get --raw /api/v1 | grep -F '"pods/ephemeralcontainers"' >/dev/null; }

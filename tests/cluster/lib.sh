@@ -153,7 +153,8 @@ pid_of() {
   # read whole, not piped into `grep -q`: under pipefail the writer's SIGPIPE
   # after an early match would report a live process as gone
   local identity
-  identity=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null; tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null) || true
+  # (2>/dev/null first: it must also cover the redirection of a zombie's files)
+  identity=$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline"; tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ") || true
   # "$STATE/..." in an argument, or "...=$STATE" ending one: /tmp/x2 is not /tmp/x
   [[ $identity == *"$STATE/"* || $identity == *"$STATE"$'\n'* ]] || return 1
   echo "$pid"
@@ -225,7 +226,7 @@ other_nodes() {
     [[ $d != "$STATE" && $(cat "$d/mode" 2>/dev/null) == full ]] && echo "instance $n ($d)"
   done
   for pid in $(pgrep -x 'kubelet|containerd|containerd-shim' || true); do
-    args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    args=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || continue
     [[ -n $args && $args != *"$STATE/"* ]] && echo "pid $pid: ${args:0:100}"
   done
   return 0
