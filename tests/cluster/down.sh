@@ -269,7 +269,16 @@ restore_host() {
 
 # --------------------------------------------------------------------- main ---
 if [[ ! -e $STATE ]]; then
-  remove_bridge # only when the instance is known: the default dir or EPHEMERA_CLUSTER_INSTANCE
+  # A bridge of our name without a state dir is a leftover only if nothing
+  # uses it: no veth on it and no node running at all (a cluster of older
+  # scripts holds no claim, so a claim check alone could delete its bridge).
+  if [[ -n $INSTANCE ]] && ip link show "$BRIDGE" >/dev/null 2>&1; then
+    if [[ -z $(ip -o link show master "$BRIDGE" 2>/dev/null) && -z $(other_nodes) ]]; then
+      remove_bridge
+    else
+      log "bridge $BRIDGE may belong to a running cluster (it has veths, or other nodes run); leaving it"
+    fi
+  fi
   log "no cluster state in $STATE; nothing to stop"
   exit 0
 fi
