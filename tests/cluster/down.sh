@@ -97,7 +97,7 @@ unmount_all() {
 }
 
 cgroup_dirs() {
-  [[ -n $INSTANCE ]] && ! held_by_other || return 0
+  instance_is_ours || return 0
   local h
   for h in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do [[ -d $h ]] && echo "$h"; done
   return 0
@@ -128,19 +128,23 @@ remove_cgroups() {
   done < <(cgroup_dirs)
 }
 
-# held_by_other: another live cluster claims our instance number (only by
-# hand: EPHEMERA_CLUSTER_INSTANCE, or a dir from before instances), so the
-# bridge and cgroups of that number are its, not ours
-held_by_other() {
+# instance_is_ours: the bridge and cgroups of our instance number are ours to
+# remove: no other live cluster claims the number (only by hand, with
+# EPHEMERA_CLUSTER_INSTANCE), and a state dir of scripts older than instances
+# (no instance file, so number 0) is taken for the owner only while no other
+# node runs, since the default cluster may be of that kind too
+instance_is_ours() {
+  [[ -n $INSTANCE ]] || return 1
   local d
-  d=$(claim_dir "$INSTANCE") && [[ $d != "$STATE" ]]
+  if d=$(claim_dir "$INSTANCE") && [[ $d != "$STATE" ]]; then return 1; fi
+  [[ -s $STATE/instance || -z $(other_nodes) ]]
 }
 
 remove_bridge() {
   [[ -n $INSTANCE ]] || return 0
   ip link show "$BRIDGE" >/dev/null 2>&1 || return 0
-  if held_by_other; then
-    log "warning: instance $INSTANCE is claimed by $(claim_dir "$INSTANCE"); leaving bridge $BRIDGE to it"
+  if ! instance_is_ours; then
+    log "warning: bridge $BRIDGE and cgroups /$CGROUP_ROOT may belong to another running cluster; leaving them"
     return 0
   fi
   local v
