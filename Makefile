@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build crds manifests check-generated test unit-test e2e-test e2e-and-versions demo demo-stop demo-check lint bench
+.PHONY: build crds manifests check-generated test unit-test build-tests suites e2e-test versions-test matrix-test demo demo-stop demo-check lint bench
 
 build:
 	$(CARGO) build --release --locked
@@ -42,25 +42,36 @@ unit-test:
 	$(CARGO) test --locked --lib --test crd_drift
 	$(MAKE) check-generated
 
-# Everything CI runs: lint and unit tests, the cluster harness acceptance, the end-to-end tests
-# (which start the cluster through tests/cluster/up.sh themselves) next to the acceptance of the
-# old Kubernetes versions (their own clusters, built first so that their builds do not slow the
-# e2e tests down), and the demo.
-test: lint unit-test cluster-test cluster-deps-versions e2e-and-versions demo-check
+# Everything CI runs: lint and unit tests, the cluster harness acceptance, then two lanes at
+# once: the end-to-end tests on the main cluster (which they start through tests/cluster/up.sh
+# themselves), and the old Kubernetes versions on clusters of their own (harness acceptance, then
+# ephemera's version matrix); then the demo. Every binary is built before the lanes start, so
+# that no build slows a lane down.
+test: lint unit-test cluster-test cluster-deps-versions build-tests suites demo-check
 
-e2e-and-versions:
-	$(MAKE) -j2 --output-sync=target e2e-test cluster-test-versions
+suites:
+	$(MAKE) -j2 --output-sync=target e2e-test versions-test
+
+build-tests: $(HELM)
+	$(CARGO) build --locked
+	$(CARGO) test --locked --test e2e --test exclusive --test matrix --no-run
 
 # The run is bounded (it normally takes under a minute): a wedged cluster fails the
 # target instead of eating CI's whole time budget.
 E2E_TIMEOUT ?= 20m
-e2e-test: $(HELM)
-	$(CARGO) build --locked
-	$(CARGO) test --locked --test e2e --test exclusive --no-run
+e2e-test: build-tests
 	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(E2E_TIMEOUT) \
 		$(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
 	# These change what every test shares (the CRD): alone, after the others.
 	timeout --kill-after=30s 5m $(CARGO) test --locked --test exclusive -- --test-threads=1
+
+# The old versions: the harness's own acceptance, then ephemera on each (tests/matrix).
+versions-test: cluster-test-versions matrix-test
+
+MATRIX_TIMEOUT ?= 15m
+matrix-test: build-tests cluster-deps-versions
+	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(MATRIX_TIMEOUT) \
+		$(CARGO) test --locked --test matrix -- --test-threads=$${MATRIX_THREADS:-3}
 
 # Brings up the cluster, runs the operator and debugs the tomcat-test pod.
 demo: cluster-up

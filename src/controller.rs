@@ -533,6 +533,19 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                         inputs = after;
                     }
                     Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {
+                        // A refusal that a fresh read does not explain is no staleness:
+                        // report it instead of asking again and again.
+                        Refusal::StalePod if refusal.code == 422 && stale_pods >= 2 => {
+                            let failure = Failure::new(
+                                FailureReason::Invalid,
+                                format!(
+                                    "the API server refused the debug container again on a fresh read of the pod: {}",
+                                    refusal.message
+                                ),
+                            );
+                            let claim = current.status.clone().unwrap_or_default();
+                            decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
+                        }
                         Refusal::StalePod if stale_pods < STALE_POD_RETRIES => {
                             stale_pods += 1;
                             ctx.metrics.injections.with_label_values(&["stale"]).inc();

@@ -323,6 +323,12 @@ pub struct DebugSessionStatus {
     #[schemars(length(max = 10000))]
     pub containers: Vec<DebugContainerStatus>,
 
+    /// Every ephemeral container the pod holds, this session's and anyone else's
+    /// (`kubectl debug`, other sessions), oldest first: none can ever be removed.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    pub ephemeral_containers_in_pod: Vec<String>,
+
     /// The spec generation this status reflects.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -593,6 +599,15 @@ fn constrain_selector(selector: &mut JSONSchemaProps) {
     }
 }
 
+/// An optional enum's schema lists `null` among its values; `nullable: true`
+/// already says that, and kubectl's client-side validation (used against API
+/// servers before 1.25) refuses a `null` enum value outright.
+fn drop_null_enum_values(schema: &mut JSONSchemaProps) {
+    if let Some(values) = &mut schema.enum_ {
+        values.retain(|value| !value.0.is_null());
+    }
+}
+
 /// Joins the lines of a doc comment's paragraphs, which `kubectl explain` rewraps anyway.
 fn unwrap_description(schema: &mut JSONSchemaProps) {
     if let Some(description) = &mut schema.description {
@@ -685,6 +700,7 @@ pub fn crd_for(server: KubeVersion) -> CustomResourceDefinition {
         let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else { continue };
         visit(root, &unwrap_description);
         visit(root, &bound_integer);
+        visit(root, &drop_null_enum_values);
         let properties = root.properties.get_or_insert_default();
         if let Some(spec) = properties.get_mut("spec") {
             visit(spec, &bound_size);

@@ -112,12 +112,6 @@ pub fn conditions(
             reason: "NotServed".into(),
             message: advice.clone(),
         },
-        None if failure == Some(FailureReason::EphemeralContainersUnavailable) => Wanted {
-            type_: "EphemeralContainersAvailable",
-            status: Some(false),
-            reason: "RefusedOnWrite".into(),
-            message: message.clone(),
-        },
         None => Wanted {
             type_: "EphemeralContainersAvailable",
             status: None,

@@ -19,7 +19,7 @@ use crate::debug_container::{
     Marked, attach_command, build_ephemeral_container, choose_container_name, container_bytes, marked_containers,
     mismatch,
 };
-use crate::ephemeral_api::Availability;
+use crate::ephemeral_api::{ApiShape, Availability};
 use crate::policy::{ActiveSessions, Policy};
 use crate::reads::is_settled;
 use crate::requester::requester;
@@ -130,6 +130,7 @@ fn decide_with_pods(
             status.pod_name = None;
             status.pod_uid = None;
             status.containers.clear();
+            status.ephemeral_containers_in_pod.clear();
             clear_current(&mut status);
             status.phase = Some(Phase::Pending);
             status.message = Some(format!("{why}; choosing a pod again"));
@@ -151,6 +152,7 @@ fn decide_with_pods(
             status.pod_uid = None;
             status.pod_name = session.spec.target.pod.clone();
             status.containers.clear();
+            status.ephemeral_containers_in_pod.clear();
             clear_current(&mut status);
             return report(fail(status, failure));
         }
@@ -158,6 +160,8 @@ fn decide_with_pods(
 
     status.pod_name = pod.metadata.name.clone();
     status.pod_uid = pod.metadata.uid.clone();
+    status.ephemeral_containers_in_pod =
+        pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone()).collect();
     let attempt = session.spec.attempt;
     // A predecessor's later attempts are its own business (see docs/gitops.md).
     let marked: Vec<Marked> =
@@ -407,6 +411,18 @@ fn plan_injection(
     observed: &Observed,
 ) -> Result<(EphemeralContainer, String), Failure> {
     match observed.availability {
+        // Before 1.22 the API server refuses any securityContext on an ephemeral container.
+        Some(Availability::Available(ApiShape::LegacyEphemeralContainers))
+            if crate::debug_container::security_context(session.spec.profile).is_some() =>
+        {
+            return Err(Failure::new(
+                FailureReason::Invalid,
+                format!(
+                    "Kubernetes 1.16-1.21 refuse a securityContext on ephemeral containers, and profile {} sets one; use profile: baseline on this cluster",
+                    session.spec.profile.as_str()
+                ),
+            ));
+        }
         Some(Availability::Available(_)) => {}
         Some(Availability::Unavailable(message)) => {
             return Err(Failure::new(FailureReason::EphemeralContainersUnavailable, message.clone()));

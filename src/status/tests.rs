@@ -266,6 +266,9 @@ fn decisions_follow_the_pod_and_the_kubelet() {
         ("pod finished before the container started",
             session(0, Some(one_unknown.clone())), Some(pod("Succeeded", &[("debugger-abcde", None)])), Some(&SERVED), 10,
             failed(R::TargetNotRunning)),
+        ("a profile with a securityContext on Kubernetes 1.16-1.21",
+            session(0, None), Some(pod("Running", &[])), Some(&Availability::Available(ApiShape::LegacyEphemeralContainers)), 0,
+            failed(R::Invalid)),
         ("attempt lowered where no CEL refused it (Kubernetes < 1.25)",
             session(0, None), Some(pod("Running", &[("debugger-abcde", terminated(0)), ("debugger-abcde-1", terminated(0))])),
             Some(&SERVED), 10, failed(R::Invalid)),
@@ -520,6 +523,7 @@ fn renewal_keeps_every_earlier_container() {
     );
     assert_eq!(status.phase, Some(Phase::Running));
     assert_eq!(status.attempt, 1);
+    assert_eq!(status.ephemeral_containers_in_pod, vec!["debugger-abcde", "debugger-abcde-1"]);
 }
 
 #[test]
