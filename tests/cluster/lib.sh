@@ -225,7 +225,8 @@ other_nodes() {
     d=$(claim_dir "$n") || continue
     [[ $d != "$STATE" && $(cat "$d/mode" 2>/dev/null) == full ]] && echo "instance $n ($d)"
   done
-  for pid in $(pgrep -x 'kubelet|containerd|containerd-shim' || true); do
+  # process names are at most 15 characters: containerd-shim-runc-v2 shows as containerd-shim
+  for pid in $(pgrep -x 'kubelet|containerd|containerd-shim' 2>/dev/null || true); do
     args=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || continue
     [[ -n $args && $args != *"$STATE/"* ]] && echo "pid $pid: ${args:0:100}"
   done

@@ -69,8 +69,16 @@ fi
 if [[ $MODE == control-plane ]] && $KUBELET_GATES_SET; then
   die "--kubelet-feature-gates needs a kubelet; it makes no sense with --control-plane-only"
 fi
+# The main build serves MutatingAdmissionPolicy (beta and off by default in
+# 1.34), which ephemera's chart uses to record who asked for a session.
+APISERVER_GATES=$GATES
+APISERVER_EXTRA=()
+if [[ -z $OLD_DIR ]]; then
+  APISERVER_GATES=${GATES:+$GATES,}MutatingAdmissionPolicy=true
+  APISERVER_EXTRA=(--runtime-config admissionregistration.k8s.io/v1beta1=true)
+fi
 # what the state dir records: another value restarts the cluster
-SETTINGS="kubernetes=$K8S_MINOR feature-gates=$GATES kubelet-feature-gates=$KUBELET_GATES"
+SETTINGS="kubernetes=$K8S_MINOR feature-gates=$GATES kubelet-feature-gates=$KUBELET_GATES apiserver-gates=$APISERVER_GATES"
 
 # version_before 1.MINOR: the cluster's Kubernetes is older than that
 version_before() { ((${K8S_MINOR#1.} < ${1#1.})); }
@@ -410,7 +418,7 @@ start_control_plane() {
     --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
-    "${GATE_FLAGS[@]}" --profiling=false --v=1
+    ${APISERVER_GATES:+--feature-gates "$APISERVER_GATES"} "${APISERVER_EXTRA[@]}" --profiling=false --v=1
   wait_until "kube-apiserver /readyz" 120 kube-apiserver apiserver_ready
 
   start_bg kube-controller-manager "$BIN/kube-controller-manager" \
