@@ -7,10 +7,19 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build crds manifests check-generated test unit-test e2e-test e2e-and-versions demo demo-stop demo-check lint bench
+.PHONY: build image image-import crds manifests check-generated test unit-test e2e-test e2e-and-versions demo demo-stop demo-check lint bench
 
 build:
 	$(CARGO) build --release --locked
+
+# The operator image from the Dockerfile: localhost/ephemera:<version> and
+# target/image/ephemera.tar, built with docker, podman or buildah (see hack/build-image.sh).
+image:
+	./hack/build-image.sh
+
+# Loads that image into the local test cluster (tests/cluster).
+image-import: image
+	tests/cluster/import-image.sh target/image/ephemera.tar
 
 HELM_VERSION := v3.22.0
 HELM := $(HOME)/.cache/ephemera/helm-$(HELM_VERSION)/helm
