@@ -47,8 +47,8 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-unit-test:
-	$(CARGO) test --locked --lib --test crd_drift
+unit-test: $(HELM)
+	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --lib --test crd_drift --test chart
 	$(MAKE) check-generated
 
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, the end-to-end tests
