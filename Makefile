@@ -62,8 +62,9 @@ e2e-and-versions:
 
 # The run is bounded (it normally takes under a minute): a wedged cluster fails the
 # target instead of eating CI's whole time budget.
+# The in-cluster tests install the chart with the image `make image` built.
 E2E_TIMEOUT ?= 20m
-e2e-test: $(HELM)
+e2e-test: $(HELM) image
 	$(CARGO) build --locked
 	$(CARGO) test --locked --test e2e --test exclusive --no-run
 	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(E2E_TIMEOUT) \
