@@ -115,8 +115,11 @@ fn apiserver_from_pods() -> (String, u16) {
 fn deploy(name: &str, namespace: &str, verb: &str, watch_namespace: &str, values: &[&str]) -> String {
     import_image();
     let (gateway, port) = apiserver_from_pods();
+    // The chart installs no admission policy that records who asked for a
+    // session yet, so the operator is told to trust every author, as the
+    // other e2e operators are (see docs/security.md).
     let env = format!(
-        r#"extraEnv=[{{"name":"KUBERNETES_SERVICE_HOST","value":"{APISERVER_NAME}"}},{{"name":"KUBERNETES_SERVICE_PORT","value":"{port}"}}]"#
+        r#"extraEnv=[{{"name":"KUBERNETES_SERVICE_HOST","value":"{APISERVER_NAME}"}},{{"name":"KUBERNETES_SERVICE_PORT","value":"{port}"}},{{"name":"EPHEMERA_REQUIRE_REQUESTER","value":"false"}}]"#
     );
     let aliases = format!(r#"hostAliases=[{{"ip":"{gateway}","hostnames":["{APISERVER_NAME}"]}}]"#);
     let chart = repo_root().join("charts/ephemera");
