@@ -1,18 +1,28 @@
-# The operator image: a static binary on a distroless base.
-#   docker build -t ephemera:dev .
-# (Our machines have no Docker engine and no musl target: the end-to-end tests
-# build an equivalent image from the glibc binary and the libraries it links,
-# with tests/cluster/hack/mkimage.py, and import it into the test cluster.)
-FROM rust:1.95-bookworm AS build
-RUN rustup target add x86_64-unknown-linux-musl && apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY tests ./tests
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin ephemera
-
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/ephemera /ephemera
+# The operator image: one static binary and nothing else (no shell, no libc),
+# run as the unprivileged user 65532. The binary is built outside, as in
+# kube-rs/controller-rs:
+#
+#   make image     # both steps below, with docker, podman or buildah
+#
+# or by hand:
+#
+#   RUSTFLAGS="-C target-feature=+crt-static" \
+#     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin ephemera
+#   docker build -t localhost/ephemera:0.1.0 \
+#     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse --short HEAD)" .
+#
+# ephemera uses rustls and ring, so the static glibc build needs no system
+# library. .dockerignore sends only the binary as the build context.
+FROM scratch
+ARG VERSION=unknown
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ephemera" \
+      org.opencontainers.image.description="Kubernetes operator: DebugSession resources become ephemeral debug containers" \
+      org.opencontainers.image.source="https://github.com/ephemera-dev/ephemera" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
+COPY target/x86_64-unknown-linux-gnu/release/ephemera /ephemera
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/ephemera"]

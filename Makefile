@@ -7,10 +7,19 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build crds manifests check-generated test unit-test build-tests suites e2e-test versions-test matrix-test demo demo-stop demo-check lint bench
+.PHONY: build image image-import crds manifests check-generated test unit-test build-tests suites e2e-test versions-test matrix-test demo demo-stop demo-check lint bench
 
 build:
 	$(CARGO) build --release --locked
+
+# The operator image from the Dockerfile: localhost/ephemera:<version> and
+# target/image/ephemera.tar, built with docker, podman or buildah (see hack/build-image.sh).
+image:
+	./hack/build-image.sh
+
+# Loads that image into the local test cluster (tests/cluster).
+image-import: image
+	tests/cluster/import-image.sh target/image/ephemera.tar
 
 HELM_VERSION := v3.22.0
 HELM := $(HOME)/.cache/ephemera/helm-$(HELM_VERSION)/helm
@@ -38,8 +47,8 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-unit-test:
-	$(CARGO) test --locked --lib --test crd_drift
+unit-test: $(HELM)
+	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --lib --test crd_drift --test chart
 	$(MAKE) check-generated
 
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, then two lanes at
@@ -52,12 +61,13 @@ test: lint unit-test cluster-test cluster-deps-versions build-tests suites demo-
 suites:
 	$(MAKE) -j2 --output-sync=target e2e-test versions-test
 
-build-tests: $(HELM)
+build-tests: $(HELM) image
 	$(CARGO) build --locked
 	$(CARGO) test --locked --test e2e --test exclusive --test matrix --no-run
 
 # The run is bounded (it normally takes under a minute): a wedged cluster fails the
 # target instead of eating CI's whole time budget.
+# The in-cluster tests install the chart with the image `make image` built.
 E2E_TIMEOUT ?= 20m
 e2e-test: build-tests
 	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(E2E_TIMEOUT) \

@@ -8,7 +8,7 @@ use ephemera::{controller, crd, leader, metrics::Metrics, server, telemetry};
 
 /// Declarative debugging of running pods with ephemeral containers.
 #[derive(Parser)]
-#[command(version, about, args_override_self = true)]
+#[command(version = ephemera::VERSION, about, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,7 +133,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let metrics = Arc::new(Metrics::new());
             let health = if leader_elect { Arc::new(server::Health::default()) } else { server::Health::sole_leader() };
             let server = tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
-            tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "starting ephemera controller");
+            tracing::info!(
+                version = ephemera::VERSION,
+                namespace = namespace.as_deref().unwrap_or("<all>"),
+                "starting ephemera controller"
+            );
             let controller = controller::run(client.clone(), watch_client, namespace, metrics, health.clone(), policy);
             let result = if leader_elect {
                 let identity = leader_election_identity.unwrap_or_else(default_identity);

@@ -16,7 +16,7 @@ use kube::{Client, Config};
 
 /// Debug running pods with ephemeral containers, through DebugSessions.
 #[derive(Parser)]
-#[command(name = "kubectl ephemera", version)]
+#[command(name = "kubectl ephemera", version = ephemera::VERSION)]
 struct Cli {
     /// Namespace (default: the kubeconfig context's).
     #[arg(short, long, global = true)]
