@@ -115,11 +115,10 @@ fn apiserver_from_pods() -> (String, u16) {
 fn deploy(name: &str, namespace: &str, verb: &str, watch_namespace: &str, values: &[&str]) -> String {
     import_image();
     let (gateway, port) = apiserver_from_pods();
-    // The chart installs no admission policy that records who asked for a
-    // session yet, so the operator is told to trust every author, as the
-    // other e2e operators are (see docs/security.md).
+    // The chart's MutatingAdmissionPolicy (the local cluster serves its beta)
+    // records who asks for each session; the operator checks that requester.
     let env = format!(
-        r#"extraEnv=[{{"name":"KUBERNETES_SERVICE_HOST","value":"{APISERVER_NAME}"}},{{"name":"KUBERNETES_SERVICE_PORT","value":"{port}"}},{{"name":"EPHEMERA_REQUIRE_REQUESTER","value":"false"}}]"#
+        r#"extraEnv=[{{"name":"KUBERNETES_SERVICE_HOST","value":"{APISERVER_NAME}"}},{{"name":"KUBERNETES_SERVICE_PORT","value":"{port}"}}]"#
     );
     let aliases = format!(r#"hostAliases=[{{"ip":"{gateway}","hostnames":["{APISERVER_NAME}"]}}]"#);
     let chart = repo_root().join("charts/ephemera");
@@ -402,6 +401,76 @@ async fn two_releases_in_two_namespaces_serve_their_own_namespace() {
             "jsonpath={.spec.matchResources.namespaceSelector.matchLabels}",
         ]);
         assert!(scope.contains(watched.as_str()), "{release}: {scope}");
+    }
+}
+
+/// `kubectl auth can-i` as `account` (a SubjectAccessReview by the API server);
+/// `resource` may name a subresource after a slash.
+fn can(account: &str, verb: &str, resource: &str, namespace: &str) -> bool {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let mut args = vec!["auth", "can-i", "--as", account, verb, resource, "-n", namespace];
+    if !subresource.is_empty() {
+        args.extend(["--subresource", subresource]);
+    }
+    // Its answer is the first line; kubectl may warn after it (cluster-scoped resources).
+    let (_, out) = kubectl(&args);
+    out.lines().next().map(str::trim) == Some("yes")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_holds_exactly_the_documented_verbs() {
+    let system = TestEnv::without_operator("helm-rbac", &[]).await;
+    let watched = TestEnv::without_operator("helm-rbac-watched", &[]).await;
+    let release = Release { name: "ephemera-rbac".into(), namespace: system.namespace.clone() };
+    release.deploy("install", &watched.namespace, &["--set", "replicaCount=1"]);
+    let account = format!("system:serviceaccount:{}:ephemera-rbac", system.namespace);
+    let (ns, system_ns) = (watched.namespace.as_str(), system.namespace.as_str());
+    // The documented list (docs/security.md): in the watched namespace, and the Lease in its own.
+    let granted = [
+        ("get", "debugsessions.ephemera.dev", ns),
+        ("list", "debugsessions.ephemera.dev", ns),
+        ("watch", "debugsessions.ephemera.dev", ns),
+        ("delete", "debugsessions.ephemera.dev", ns),
+        ("patch", "debugsessions.ephemera.dev/status", ns),
+        ("get", "pods", ns),
+        ("list", "pods", ns),
+        ("watch", "pods", ns),
+        ("patch", "pods/ephemeralcontainers", ns),
+        ("create", "events.events.k8s.io", ns),
+        ("patch", "events.events.k8s.io", ns),
+        ("create", "subjectaccessreviews.authorization.k8s.io", ns),
+        ("get", "leases.coordination.k8s.io", system_ns),
+        ("create", "leases.coordination.k8s.io", system_ns),
+        ("patch", "leases.coordination.k8s.io", system_ns),
+    ];
+    for (verb, resource, namespace) in granted {
+        assert!(can(&account, verb, resource, namespace), "{verb} {resource} in {namespace} should be granted");
+    }
+    // Anything more is a failure: other verbs, other resources, other namespaces.
+    let refused = [
+        ("update", "pods/ephemeralcontainers", ns),
+        ("get", "pods/ephemeralcontainers", ns),
+        ("patch", "pods/ephemeralcontainers", system_ns),
+        ("patch", "pods/ephemeralcontainers", "default"),
+        ("get", "pods", "default"),
+        ("update", "debugsessions.ephemera.dev/status", ns),
+        ("create", "debugsessions.ephemera.dev", ns),
+        ("update", "debugsessions.ephemera.dev", ns),
+        ("get", "debugsessions.ephemera.dev", "default"),
+        ("create", "pods", ns),
+        ("delete", "pods", ns),
+        ("create", "pods/exec", ns),
+        ("create", "pods/attach", ns),
+        ("get", "secrets", ns),
+        ("get", "configmaps", ns),
+        ("list", "leases.coordination.k8s.io", system_ns),
+        ("delete", "leases.coordination.k8s.io", system_ns),
+        ("update", "leases.coordination.k8s.io", system_ns),
+        ("get", "leases.coordination.k8s.io", ns),
+        ("get", "customresourcedefinitions.apiextensions.k8s.io", ns),
+    ];
+    for (verb, resource, namespace) in refused {
+        assert!(!can(&account, verb, resource, namespace), "{verb} {resource} in {namespace} must not be granted");
     }
 }
 

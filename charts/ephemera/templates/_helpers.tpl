@@ -62,3 +62,29 @@ matchResources:
       kubernetes.io/metadata.name: {{ .Values.watchNamespace | quote }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The API version of MutatingAdmissionPolicy the cluster serves (v1beta1 in
+1.34, behind a feature gate and runtime config), or nothing: admission then
+cannot record who asked for a session.
+*/}}
+{{- define "ephemera.mutatingPolicyVersion" -}}
+{{- if .Values.admissionPolicy.enabled -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy" -}}
+admissionregistration.k8s.io/v1beta1
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Whether editors may be given DebugSessions: only where admission checks the
+author's own rights and records who asked, and the operator re-checks that
+requester before each container.
+*/}}
+{{- define "ephemera.aggregateEditor" -}}
+{{- if and (include "ephemera.admissionPolicy" .) (include "ephemera.mutatingPolicyVersion" .) .Values.security.requireRequester -}}
+true
+{{- end -}}
+{{- end -}}
