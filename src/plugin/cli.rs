@@ -16,7 +16,7 @@ use crate::crd::{ImagePullPolicy, Profile};
 /// its phase in `kubectl get dbgs`, and can be renewed with a fresh container
 /// once the old one has exited (ephemeral containers can never be restarted).
 #[derive(Parser, Debug)]
-#[command(name = "kubectl ephemera", bin_name = "kubectl ephemera", version, args_override_self = true)]
+#[command(name = "kubectl ephemera", bin_name = "kubectl ephemera", version = crate::VERSION, args_override_self = true)]
 pub struct Cli {
     #[command(flatten)]
     pub kube: KubeFlags,

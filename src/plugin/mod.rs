@@ -2,6 +2,6 @@
 //! conventions), target and selector syntax, and what it tells the user.
 //! The plugin's IO lives in src/bin/kubectl-ephemera/.
 
-
 pub mod cli;
+pub mod report;
 pub mod target;

@@ -11,6 +11,7 @@ mod interactive;
 mod leader;
 mod plugin;
 mod security;
+mod terminal;
 mod trust;
 
 use std::time::Duration;
