@@ -12,7 +12,7 @@ use crate::terminal::Terminal;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-ephemera");
 
-fn plugin_dir() -> PathBuf {
+pub fn plugin_dir() -> PathBuf {
     Path::new(PLUGIN).parent().unwrap().to_path_buf()
 }
 

@@ -66,8 +66,11 @@ impl Terminal {
     }
 
     /// Types a line (and Enter); what follows it is searched by the waits.
+    /// The line is cleared first (C-u), as a person would: replayed control
+    /// sequences (e.g. a TTY session's log) make the terminal type its answers.
     pub fn type_line(&mut self, line: &str) {
         self.mark = self.text().len();
+        self.tmux(&["send-keys", "-t", "t", "C-u"]);
         self.tmux(&["send-keys", "-t", "t", "-l", line]);
         self.tmux(&["send-keys", "-t", "t", "Enter"]);
     }
