@@ -50,7 +50,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 unit-test: $(HELM)
-	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --lib --test crd_drift --test chart
+	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --lib --test crd_drift --test chart --test docs
 	$(MAKE) check-generated
 
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, then two lanes at
