@@ -280,3 +280,62 @@ fn completion_scripts_for_bash_and_zsh() {
         assert!(script.contains("renew") && script.contains("--image-pull-policy"), "{shell}");
     }
 }
+
+/// The chart's `<release>-debugger` role, and nothing else, is enough for the
+/// whole plugin: debug (also by workload), attach, renew, ls, logs, explain, delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_debugger_role_alone_is_enough_for_the_plugin() {
+    let env = TestEnv::new("plugin-role").await;
+    let ns = env.namespace.as_str();
+    let roles = Command::new(crate::in_cluster::helm())
+        .args(["template", "ephemera"])
+        .arg(repo_root().join("charts/ephemera"))
+        .args(["--show-only", "templates/user-roles.yaml", "--kube-version", "1.34"])
+        .output()
+        .unwrap();
+    assert!(roles.status.success(), "{}", String::from_utf8_lossy(&roles.stderr));
+    let debugger = String::from_utf8_lossy(&roles.stdout)
+        .split("\n---")
+        .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).unwrap_or_default())
+        .find(|doc| doc["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-debugger")))
+        .expect("the chart has a debugger role");
+    // The same rules as a Role of this namespace, bound to alice (who has no other rights).
+    crate::common::grant(ns, "alice", debugger["rules"].clone());
+    env.running_pod("web", &["app"], &[("app", "web")]).await;
+    let as_alice = |args: &[&str]| {
+        let mut all = vec!["--context", "alice", "-n", ns];
+        all.extend_from_slice(args);
+        kubectl_ephemera(&all)
+    };
+    let output = as_alice(&["debug", "web", "--image", IMAGE, "--name", "s", "--", "sh", "-c", "echo from-alice"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("from-alice"), "the output of the finished container: {}", text(&output));
+    for args in [
+        &["attach", "s"][..],
+        &["renew", "s", "--attach=false"],
+        &["ls"],
+        &["logs", "s", "--attempt", "0"],
+        &["explain", "s"],
+        &["delete", "s"],
+    ] {
+        let output = as_alice(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", text(&output));
+        assert!(!text(&output).contains("forbidden"), "{args:?}: {}", text(&output));
+    }
+    apply_json(
+        ns,
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": { "name": "db", "namespace": ns },
+            "spec": {
+                "selector": { "matchLabels": { "app": "web" } },
+                "serviceName": "db",
+                "replicas": 0,
+                "template": { "metadata": { "labels": { "app": "web" } }, "spec": { "containers": [{ "name": "db", "image": IMAGE }] } },
+            },
+        }),
+    );
+    // sts/db's selector (app=web) picks the running pod web.
+    let output = as_alice(&["debug", "sts/db", "--image", IMAGE, "--", "sleep", "600"]);
+    assert!(output.status.success(), "{}", text(&output));
+}
