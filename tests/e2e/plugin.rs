@@ -229,6 +229,9 @@ async fn selectors_and_workloads_pick_the_pod() {
     assert!(output.status.success(), "{}", text(&output));
     let session = env.sessions.get("by-label").await.unwrap();
     assert_eq!(session.status.unwrap().pod_name.as_deref(), Some("picked"));
+    let output = kubectl_ephemera(&["debug", "-l", "app=web", "-n", ns, "--image", IMAGE, "--", "sleep", "600"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("debugsession.ephemera.dev/web-debug-"), "named after the label: {}", text(&output));
 
     apply_json(
         ns,

@@ -28,9 +28,10 @@ fn is_kubectl(path: &Path) -> bool {
 /// The kubectl to run: the one that invoked us where it can be found, else
 /// `$KUBECTL`, else `kubectl` from PATH.
 ///
-/// kubectl runs a plugin as a child on some platforms (then it is our parent
-/// process) and replaces itself with it on Linux (then the shell that ran
-/// kubectl recorded its path in `$_`, which kubectl passes on).
+/// Where kubectl runs the plugin as a child process (as on Windows, or a
+/// wrapper that does), it is our parent. kubectl on Linux replaces itself with
+/// the plugin instead; then the shell that ran kubectl has recorded kubectl's
+/// path in `$_`, which kubectl passes on.
 pub fn kubectl() -> PathBuf {
     let parent = std::fs::read_link(format!("/proc/{}/exe", std::os::unix::process::parent_id()));
     let invoker = parent

@@ -61,7 +61,12 @@ pub async fn debug(cx: &Context, args: DebugArgs) -> Result<u8, Error> {
             TargetRef::Pod(pod) => (Some(pod.clone()), None, pod),
             TargetRef::Workload(kind, name) => (None, Some(workload_selector(cx, kind, &name).await?), name),
         },
-        (None, Some(text)) => (None, Some(parse_selector(text)?), "debug".to_string()),
+        (None, Some(text)) => {
+            let selector = parse_selector(text)?;
+            // Named after the first label value, as app=web gives web-debug-xxxxx.
+            let first = selector.match_labels.iter().flatten().map(|(_, v)| v.clone()).find(|v| is_dns1123_label(v));
+            (None, Some(selector), first.unwrap_or_default())
+        }
         (None, None) => unreachable!("validate() requires a target"),
     };
     let env: Vec<EnvVar> = args
@@ -91,8 +96,10 @@ pub async fn debug(cx: &Context, args: DebugArgs) -> Result<u8, Error> {
     if args.name.is_none() {
         // generateName adds 5 characters; names stay within 63 for readability.
         let base: String = base.chars().take(50).collect();
+        let base = base.trim_end_matches(['-', '.']);
         session.metadata.name = None;
-        session.metadata.generate_name = Some(format!("{}-debug-", base.trim_end_matches(['-', '.'])));
+        session.metadata.generate_name =
+            Some(if base.is_empty() { "debug-".to_string() } else { format!("{base}-debug-") });
     }
     let created = cx.sessions().create(&PostParams::default(), &session).await?;
     let name = created.name_any();
