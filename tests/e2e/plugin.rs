@@ -52,7 +52,7 @@ pub fn kubeconfig_for(namespace: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_creates_waits_and_prints_or_explains() {
-    let env = TestEnv::new("plugin").await;
+    let env = TestEnv::new("plugin-basics").await;
     env.running_pod("web", &["app"], &[]).await;
     let ns = env.namespace.as_str();
     // Without -i, kubectl debug does not attach; the plugin waits until it runs and prints the attach command.
@@ -113,7 +113,7 @@ async fn plugin_creates_waits_and_prints_or_explains() {
 /// $KUBECTL names nothing: the plugin must run the kubectl that invoked it.
 #[tokio::test(flavor = "multi_thread")]
 async fn debug_exit_attach_renew_ls_and_logs_in_a_terminal() {
-    let env = TestEnv::new("plugin-attach").await;
+    let env = TestEnv::new("plugin-terminal").await;
     env.running_pod("web", &["app"], &[]).await;
     // The cluster's kubectl is the one on PATH (not /usr/bin's); $KUBECTL
     // names nothing, so attaching works only with the kubectl that invoked the plugin.
