@@ -32,6 +32,7 @@ pub struct Cli {
 
 /// kubectl's connection flags, with kubectl's names and meaning.
 #[derive(Args, Debug, Default, Clone, PartialEq)]
+#[command(next_help_heading = "Connection (as in kubectl)")]
 pub struct KubeFlags {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]

@@ -60,6 +60,10 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         print_out(&String::from_utf8_lossy(&script))?;
         return Ok(0);
     }
+    // Flags that cannot work are reported before anything is asked of the cluster.
+    if let Command::Debug(args) = &cli.command {
+        args.validate()?;
+    }
     let connection = connect::connect(&cli.kube).await?;
     let context = commands::Context { connection, flags: cli.kube.clone(), quiet: cli.quiet, timeout: cli.timeout };
     match cli.command {
