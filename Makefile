@@ -27,6 +27,7 @@ HELM := $(HOME)/.cache/ephemera/helm-$(HELM_VERSION)/helm
 crds:
 	$(CARGO) run --quiet --locked -- crd > crds/debugsession.yaml
 	cp crds/debugsession.yaml charts/ephemera/crds/debugsession.yaml
+	$(CARGO) run --quiet --locked -- crd --markdown > docs/reference.md
 
 # Helm, built from the Go module proxy once and cached.
 $(HELM):
@@ -36,9 +37,10 @@ $(HELM):
 manifests: $(HELM)
 	./hack/render-manifests.sh $(HELM) > deploy/ephemera.yaml
 
-# Fails when crds/, the chart's crds/ or deploy/ are stale.
+# Fails when crds/, the chart's crds/, docs/reference.md or deploy/ are stale.
 check-generated: $(HELM)
 	$(CARGO) run --quiet --locked -- crd | diff -u crds/debugsession.yaml -
+	$(CARGO) run --quiet --locked -- crd --markdown | diff -u docs/reference.md -
 	diff -u crds/debugsession.yaml charts/ephemera/crds/debugsession.yaml
 	$(HELM) lint --strict charts/ephemera
 	./hack/render-manifests.sh $(HELM) | diff -u deploy/ephemera.yaml -
@@ -48,7 +50,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 unit-test: $(HELM)
-	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --lib --test crd_drift --test chart
+	EPHEMERA_HELM=$(HELM) $(CARGO) test --locked --lib --test crd_drift --test chart --test docs
 	$(MAKE) check-generated
 
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, then two lanes at

@@ -7,6 +7,7 @@ pub mod ephemeral_api;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod plugin;
 pub mod pods;
 pub mod policy;
 pub mod reads;

@@ -52,6 +52,9 @@ enum Command {
         /// controller enforces them instead), their reasons and message expressions before 1.28.
         #[arg(long, value_name = "MAJOR.MINOR", default_value_t = crd::KubeVersion::NEWEST)]
         kubernetes_version: crd::KubeVersion,
+        /// Print the field reference (docs/reference.md) as Markdown instead.
+        #[arg(long, conflicts_with = "kubernetes_version")]
+        markdown: bool,
     },
 }
 
@@ -95,7 +98,8 @@ impl PolicyArgs {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Crd { kubernetes_version } => print!("{}", crd::crd_yaml_for(kubernetes_version)),
+        Command::Crd { markdown: true, .. } => print!("{}", crd::reference_markdown()),
+        Command::Crd { kubernetes_version, .. } => print!("{}", crd::crd_yaml_for(kubernetes_version)),
         Command::Run {
             namespace,
             metrics_addr,

@@ -38,6 +38,9 @@ pub enum Mode {
     SlowPodReads(Duration),
     /// Every LIST of pods (a watch's first list included) is answered this much later.
     SlowPodLists(Duration),
+    /// Every write to pods/ephemeralcontainers is sent on this much later, so
+    /// the session stays Pending (its claim written, the pod untouched) meanwhile.
+    SlowEphemeralWrites(Duration),
 }
 
 #[derive(Clone)]
@@ -90,6 +93,11 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, Box<dyn
             tokio::time::sleep(delay).await;
         }
         Mode::SlowPodLists(delay) if request.method() == http::Method::GET && path.ends_with("/pods") && !watch => {
+            tokio::time::sleep(delay).await;
+        }
+        Mode::SlowEphemeralWrites(delay)
+            if request.method() != http::Method::GET && path.ends_with("/ephemeralcontainers") =>
+        {
             tokio::time::sleep(delay).await;
         }
         _ => {}

@@ -4,14 +4,19 @@
 mod admission;
 mod api_proxy;
 mod common;
+mod examples;
 mod failures;
 mod gitops;
 mod in_cluster;
 mod interactive;
 mod leader;
+#[path = "../support/markdown.rs"]
+mod markdown;
 mod plugin;
 mod security;
+mod terminal;
 mod trust;
+mod tutorial;
 
 use std::time::Duration;
 
