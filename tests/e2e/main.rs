@@ -4,6 +4,7 @@
 mod admission;
 mod api_proxy;
 mod common;
+mod corpus;
 mod examples;
 mod failures;
 mod gitops;
@@ -12,7 +13,9 @@ mod interactive;
 mod leader;
 #[path = "../support/markdown.rs"]
 mod markdown;
+mod personas;
 mod plugin;
+mod pod_security;
 mod security;
 mod terminal;
 mod trust;
