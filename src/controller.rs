@@ -462,6 +462,14 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 let requeue = status::requeue_after(&current, &decision.status, now);
                 return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
             }
+            Next::Capture { pod, container, config_map, max_bytes } => {
+                let output = capture_output(ctx, &pods, &current, &pod, &container, &config_map, max_bytes).await?;
+                let attempt = decision.status.attempt;
+                if let Some(record) = decision.status.containers.iter_mut().find(|r| r.attempt == attempt) {
+                    record.output = Some(output);
+                }
+                decision.next = Next::Wait;
+            }
             Next::Delete => {
                 tracing::info!(session = %current.name_any(), %namespace, "deleting finished DebugSession after ttlSecondsAfterFinished");
                 ctx.metrics.request("delete", "debugsessions");
@@ -580,6 +588,85 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 }
             }
         }
+    }
+}
+
+/// Reads up to `max_bytes` of a debug container's log and keeps it in the
+/// ConfigMap `config_map`, owned by the session (so it goes with the session,
+/// not with the pod). Text stays text; other bytes go to `binaryData`. Returns
+/// the ConfigMap's name; one that exists already (a crash after creating it)
+/// is taken as it is.
+async fn capture_output(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    session: &DebugSession,
+    pod: &str,
+    container: &str,
+    config_map: &str,
+    max_bytes: i32,
+) -> Result<String, Error> {
+    use futures::AsyncReadExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    let params = kube::api::LogParams {
+        container: Some(container.to_string()),
+        limit_bytes: Some(i64::from(max_bytes) + 1),
+        ..Default::default()
+    };
+    ctx.metrics.request("get", "pods/log");
+    let mut log = Vec::new();
+    pods.log_stream(pod, &params)
+        .await?
+        .read_to_end(&mut log)
+        .await
+        .map_err(|e| Error::Kube(kube::Error::ReadEvents(e)))?;
+    let truncated = log.len() > max_bytes as usize;
+    log.truncate(max_bytes as usize);
+    // A cut in the middle of a character leaves text text.
+    if truncated
+        && let Err(error) = std::str::from_utf8(&log)
+        && error.error_len().is_none()
+    {
+        log.truncate(error.valid_up_to());
+    }
+    let (data, binary_data) = match String::from_utf8(log) {
+        Ok(text) => (Some([("output".to_string(), text)].into()), None),
+        // Not text: kept byte for byte.
+        Err(bytes) => (None, Some([("output".to_string(), k8s_openapi::ByteString(bytes.into_bytes()))].into())),
+    };
+    let name = session.name_any();
+    let object = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(config_map.to_string()),
+            labels: Some([("ephemera.dev/session".to_string(), name.chars().take(63).collect())].into()),
+            annotations: Some(
+                [
+                    ("ephemera.dev/pod".to_string(), pod.to_string()),
+                    ("ephemera.dev/container".to_string(), container.to_string()),
+                    ("ephemera.dev/truncated".to_string(), truncated.to_string()),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![OwnerReference {
+                api_version: DebugSession::api_version(&()).into(),
+                kind: DebugSession::kind(&()).into(),
+                name: name.clone(),
+                uid: session.metadata.uid.clone().unwrap_or_default(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+        data,
+        binary_data,
+        ..Default::default()
+    };
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), pods.namespace().unwrap_or_default());
+    ctx.metrics.request("create", "configmaps");
+    match config_maps.create(&kube::api::PostParams::default(), &object).await {
+        Ok(_) => Ok(config_map.to_string()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(config_map.to_string()),
+        Err(error) => Err(error.into()),
     }
 }
 

@@ -57,10 +57,20 @@ const SPEC_IMMUTABLE_RULE: &str = concat!(
     unchanged!("startTimeoutSeconds"),
     " && ",
     unchanged!("ttlSecondsAfterFinished"),
+    " && ",
+    unchanged!("runAs"),
+    " && ",
+    unchanged!("volumeMounts"),
+    " && ",
+    unchanged!("envFrom"),
+    " && ",
+    unchanged!("custom"),
+    " && ",
+    unchanged!("captureOutput"),
 );
 
 /// A request to debug a running pod with an ephemeral container.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "ephemera.dev",
     version = "v1alpha1",
@@ -153,6 +163,115 @@ pub struct DebugSessionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31536000))]
     pub ttl_seconds_after_finished: Option<i32>,
+
+    /// `target`: run as the target container's user and group (its securityContext's
+    /// runAsUser/runAsGroup, or the pod's), so that the debug container can read what the
+    /// application wrote and runs in a `runAsNonRoot` pod. Fails at once if the target's
+    /// user is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<FromTarget>,
+
+    /// `target`: mount every volume the target container mounts, at the same paths (an
+    /// ephemeral container can only mount the pod's own volumes). Secret and
+    /// service-account token volumes are left out unless the platform allows them
+    /// (`status.omittedFromTarget` says what was left out). More mounts: `custom.volumeMounts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<FromTarget>,
+
+    /// `target`: copy the target container's `env` and `envFrom`; values from Secrets are
+    /// left out unless the platform allows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Option<FromTarget>,
+
+    /// A partial container spec merged over the profile, as `kubectl debug --custom`: it may
+    /// not set name, command, image, lifecycle or volumeDevices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<CustomContainer>,
+
+    /// Keep the debug container's output after it ends: its log (up to `maxBytes`) goes to
+    /// the ConfigMap `<session>-output-<attempt>`, owned by the session, so that it outlives
+    /// the pod. `status.containers[].output` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_output: Option<CaptureOutput>,
+}
+
+/// Taken from the target container.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FromTarget {
+    #[serde(rename = "target")]
+    Target,
+}
+
+/// What `custom` may set: a container's fields but the five `kubectl debug --custom` refuses.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.name) && !has(self.command) && !has(self.image) && !has(self.lifecycle) && !has(self.volumeDevices)").message("custom may not set name, command, image, lifecycle or volumeDevices (as kubectl debug --custom); use the session's own fields"))]
+#[serde(rename_all = "camelCase")]
+pub struct CustomContainer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Option<Vec<k8s_openapi::api::core::v1::EnvFromSource>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<k8s_openapi::api::core::v1::SecurityContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<k8s_openapi::api::core::v1::VolumeMount>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_once: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_message_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_message_policy: Option<String>,
+    /// Refused: the session's `containerName` names the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Refused: the session's `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Refused: the session's `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Refused: ephemeral containers have no lifecycle hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<k8s_openapi::api::core::v1::Lifecycle>,
+    /// Refused, as kubectl refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_devices: Option<Vec<k8s_openapi::api::core::v1::VolumeDevice>>,
+}
+
+impl CustomContainer {
+    /// The fields `custom` may not set that are set (for servers without CEL).
+    pub fn refused_fields(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("command", self.command.is_some()),
+            ("image", self.image.is_some()),
+            ("lifecycle", self.lifecycle.is_some()),
+            ("volumeDevices", self.volume_devices.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
+    }
+}
+
+/// How much of a debug container's output to keep.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureOutput {
+    /// At most this many bytes of the log (the beginning; more is marked as truncated).
+    /// The platform may cap it lower.
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_bytes: i32,
 }
 
 fn default_true() -> bool {
@@ -323,6 +442,16 @@ pub struct DebugSessionStatus {
     #[schemars(length(max = 10000))]
     pub containers: Vec<DebugContainerStatus>,
 
+    /// Why the profile's added capabilities will not work (a non-root user does not get them).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub capabilities_warning: Option<String>,
+
+    /// What `volumeMounts: target` or `envFrom: target` left out of the debug container
+    /// because the platform does not allow Secrets there (e.g. `mount /var/run/secrets/...`).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub omitted_from_target: Vec<String>,
+
     /// Every ephemeral container the pod holds, this session's and anyone else's
     /// (`kubectl debug`, other sessions), oldest first: none can ever be removed.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
@@ -380,6 +509,9 @@ pub struct DebugContainerStatus {
     /// When it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// The ConfigMap holding its output, with `captureOutput`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

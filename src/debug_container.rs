@@ -198,6 +198,189 @@ pub fn build_ephemeral_container(
     }
 }
 
+/// A debug container shaped for one pod: what `runAs`, `volumeMounts`,
+/// `envFrom` and `custom` add to what [`build_ephemeral_container`] builds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shaped {
+    pub container: EphemeralContainer,
+    /// What the target had that was left out (Secrets, where the platform does not allow them).
+    pub omitted: Vec<String>,
+}
+
+/// Whether a pod volume carries Secrets or a ServiceAccount token.
+fn secret_volume(volume: &k8s_openapi::api::core::v1::Volume) -> Option<&'static str> {
+    if volume.secret.is_some() {
+        return Some("a Secret");
+    }
+    let projected = volume.projected.as_ref()?;
+    let sources = projected.sources.iter().flatten();
+    sources
+        .clone()
+        .any(|s| s.service_account_token.is_some())
+        .then_some("a ServiceAccount token")
+        .or_else(|| sources.clone().any(|s| s.secret.is_some()).then_some("a Secret"))
+}
+
+/// The debug container of `attempt` for `pod`, with what the spec takes from
+/// the target container and the custom spec merged over the profile.
+/// `Err` says why it cannot be built (the target's user is not known).
+pub fn shape(
+    session: &DebugSession,
+    pod: &Pod,
+    name: &str,
+    target_container: &str,
+    attempt: i32,
+    allow_secrets: bool,
+) -> Result<Shaped, String> {
+    let spec = &session.spec;
+    let mut container = build_ephemeral_container(session, name, target_container, attempt);
+    let mut omitted = Vec::new();
+    let pod_spec = pod.spec.clone().unwrap_or_default();
+    let target = pod_spec.containers.iter().find(|c| c.name == target_container);
+    let pod_security = pod_spec.security_context.as_ref();
+
+    if spec.run_as.is_some() {
+        let container_security = target.and_then(|c| c.security_context.as_ref());
+        let user = container_security.and_then(|s| s.run_as_user).or(pod_security.and_then(|s| s.run_as_user));
+        let group = container_security.and_then(|s| s.run_as_group).or(pod_security.and_then(|s| s.run_as_group));
+        let Some(user) = user else {
+            return Err(format!(
+                "runAs: target, but neither container {target_container}'s nor the pod's securityContext sets runAsUser, so the user it runs as is the image's and not known here"
+            ));
+        };
+        let security = container.security_context.get_or_insert_default();
+        security.run_as_user = Some(user);
+        security.run_as_group = group;
+    }
+
+    if spec.volume_mounts.is_some() {
+        let volumes = pod_spec.volumes.as_deref().unwrap_or_default();
+        for mount in target.and_then(|c| c.volume_mounts.as_ref()).into_iter().flatten() {
+            let kind = volumes.iter().find(|v| v.name == mount.name).and_then(secret_volume);
+            match kind {
+                Some(kind) if !allow_secrets => {
+                    omitted.push(format!("mount {} (volume {}, {kind})", mount.mount_path, mount.name));
+                }
+                _ => container.volume_mounts.get_or_insert_default().push(mount.clone()),
+            }
+        }
+    }
+
+    if spec.env_from.is_some() {
+        let own = container.env.take().unwrap_or_default();
+        let mut env = Vec::new();
+        for var in target.and_then(|c| c.env.as_ref()).into_iter().flatten() {
+            let secret = var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()).is_some();
+            if secret && !allow_secrets {
+                omitted.push(format!("env {} (from a Secret)", var.name));
+            } else if !own.iter().any(|o| o.name == var.name) {
+                env.push(var.clone());
+            }
+        }
+        env.extend(own);
+        container.env = Some(env);
+        for source in target.and_then(|c| c.env_from.as_ref()).into_iter().flatten() {
+            match &source.secret_ref {
+                Some(secret) if !allow_secrets => omitted.push(format!("envFrom Secret {}", secret.name)),
+                _ => container.env_from.get_or_insert_default().push(source.clone()),
+            }
+        }
+    }
+
+    if let Some(custom) = &spec.custom {
+        merge_custom(&mut container, custom);
+    }
+    Ok(Shaped { container, omitted })
+}
+
+/// `custom` over the container, as `kubectl debug --custom` merges it: lists
+/// keyed by name (env) or path (volumeMounts) merge, other fields replace,
+/// the securityContext merges field by field. The session's markers stay.
+fn merge_custom(container: &mut EphemeralContainer, custom: &crate::crd::CustomContainer) {
+    fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+        match (base, over) {
+            (serde_json::Value::Object(base), serde_json::Value::Object(over)) => {
+                for (key, value) in over {
+                    merge_json(base.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+            (base, over) => *base = over,
+        }
+    }
+    if let Some(args) = &custom.args {
+        container.args = Some(args.clone());
+    }
+    if let Some(env) = &custom.env {
+        let list = container.env.get_or_insert_default();
+        for var in
+            env.iter().filter(|v| ![SESSION_ENV, SESSION_UID_ENV, SESSION_ATTEMPT_ENV].contains(&v.name.as_str()))
+        {
+            match list.iter_mut().find(|e| e.name == var.name) {
+                Some(existing) => *existing = var.clone(),
+                None => {
+                    // Before the markers, which stay last.
+                    let at = list.iter().position(|e| e.name == SESSION_ENV).unwrap_or(list.len());
+                    list.insert(at, var.clone());
+                }
+            }
+        }
+    }
+    if let Some(env_from) = &custom.env_from {
+        container.env_from.get_or_insert_default().extend(env_from.iter().cloned());
+    }
+    if let Some(mounts) = &custom.volume_mounts {
+        let list = container.volume_mounts.get_or_insert_default();
+        for mount in mounts {
+            match list.iter_mut().find(|m| m.mount_path == mount.mount_path) {
+                Some(existing) => *existing = mount.clone(),
+                None => list.push(mount.clone()),
+            }
+        }
+    }
+    if let Some(security) = &custom.security_context {
+        let mut merged =
+            serde_json::to_value(container.security_context.clone().unwrap_or_default()).unwrap_or_default();
+        merge_json(&mut merged, serde_json::to_value(security).unwrap_or_default());
+        container.security_context = serde_json::from_value(merged).ok();
+    }
+    if let Some(dir) = &custom.working_dir {
+        container.working_dir = Some(dir.clone());
+    }
+    if let Some(policy) = custom.image_pull_policy {
+        container.image_pull_policy = Some(policy.as_str().into());
+    }
+    container.stdin = custom.stdin.or(container.stdin);
+    container.stdin_once = custom.stdin_once.or(container.stdin_once);
+    container.tty = custom.tty.or(container.tty);
+    if let Some(path) = &custom.termination_message_path {
+        container.termination_message_path = Some(path.clone());
+    }
+    if let Some(policy) = &custom.termination_message_policy {
+        container.termination_message_policy = Some(policy.clone());
+    }
+}
+
+/// Why a profile's added capabilities will not work: a non-root user does not
+/// get them (kubectl warns the same since 1.33).
+pub fn ineffective_capabilities(container: &EphemeralContainer, pod: &Pod, profile: Profile) -> Option<String> {
+    let added = container.security_context.as_ref()?.capabilities.as_ref()?.add.clone()?;
+    let pod_security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let user =
+        container.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_security.and_then(|s| s.run_as_user));
+    let non_root = match user {
+        Some(user) => user != 0,
+        None => pod_security.and_then(|s| s.run_as_non_root).unwrap_or(false),
+    };
+    non_root.then(|| {
+        format!(
+            "profile {} adds {}, which a non-root user (uid {}) does not get: use an image that runs as root, or a profile without capabilities",
+            profile.as_str(),
+            added.join(", "),
+            user.map_or("not root".to_string(), |u| u.to_string())
+        )
+    })
+}
+
 /// How a container found in the pod differs from the one the spec asks for,
 /// on the fields ephemera sets (the API server defaults some of the others).
 /// The session's own UID marker is left out: a predecessor's differs by design.
@@ -265,6 +448,7 @@ mod tests {
                 attempt: 0,
                 start_timeout_seconds: 120,
                 ttl_seconds_after_finished: None,
+                ..Default::default()
             },
         );
         s.metadata.namespace = Some("ns".into());
@@ -398,6 +582,51 @@ mod tests {
         let mut defaulted = wanted.clone();
         defaulted.termination_message_path = Some("/dev/termination-log".into());
         assert_eq!(mismatch(&defaulted, &wanted), None, "fields the server defaults are not compared");
+    }
+
+    #[test]
+    fn custom_merges_over_the_profile_like_kubectl() {
+        use k8s_openapi::api::core::v1::{EnvVar, SecurityContext, VolumeMount};
+        let mut s = session(None);
+        s.spec.env = Some(vec![EnvVar { name: "A".into(), value: Some("1".into()), value_from: None }]);
+        s.spec.custom = Some(crate::crd::CustomContainer {
+            env: Some(vec![
+                EnvVar { name: "A".into(), value: Some("2".into()), value_from: None },
+                EnvVar { name: "B".into(), value: Some("3".into()), value_from: None },
+                EnvVar { name: SESSION_UID_ENV.into(), value: Some("forged".into()), value_from: None },
+            ]),
+            working_dir: Some("/tmp".into()),
+            security_context: Some(SecurityContext { read_only_root_filesystem: Some(true), ..Default::default() }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let shaped = shape(&s, &pod(&["app"], vec![]), "dbg", "app", 0, false).unwrap();
+        let c = shaped.container;
+        let env: Vec<_> = c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref().unwrap())).collect();
+        assert_eq!(
+            env,
+            [
+                ("A", "2"),
+                ("B", "3"),
+                (SESSION_ENV, "ns/s1"),
+                (SESSION_UID_ENV, "AB12C-34de-5678"),
+                (SESSION_ATTEMPT_ENV, "0")
+            ],
+            "custom wins by name; the markers stay the session's"
+        );
+        assert_eq!(c.working_dir.as_deref(), Some("/tmp"));
+        let security = c.security_context.unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            security.capabilities.unwrap().add,
+            Some(vec!["SYS_PTRACE".to_string()]),
+            "the profile's part stays"
+        );
+        assert_eq!(c.volume_mounts.unwrap()[0].mount_path, "/data");
     }
 
     #[test]

@@ -81,6 +81,14 @@ struct PolicyArgs {
     /// At most this many such sessions per requester.
     #[arg(long, env = "EPHEMERA_MAX_ACTIVE_SESSIONS_PER_USER")]
     max_active_sessions_per_user: Option<usize>,
+    /// Let `volumeMounts: target` and `envFrom: target` take Secrets and ServiceAccount
+    /// tokens of the target (CVE-2023-2728 is why this is off by default).
+    #[arg(long, env = "EPHEMERA_ALLOW_SECRET_MOUNTS")]
+    allow_secret_mounts: bool,
+    /// The most `captureOutput` may keep per debug container; 0 turns it off (it needs
+    /// `get pods/log` and `create configmaps`).
+    #[arg(long, env = "EPHEMERA_MAX_CAPTURE_BYTES", default_value_t = 262_144)]
+    max_capture_bytes: i32,
 }
 
 impl PolicyArgs {
@@ -91,6 +99,8 @@ impl PolicyArgs {
         policy.max_active_per_namespace = self.max_active_sessions_per_namespace;
         policy.max_active_per_requester = self.max_active_sessions_per_user;
         policy.require_requester = self.require_requester;
+        policy.allow_secret_mounts = self.allow_secret_mounts;
+        policy.max_capture_bytes = self.max_capture_bytes.max(0);
         Ok(policy)
     }
 }

@@ -18,6 +18,10 @@ pub struct Policy {
     pub max_active_per_requester: Option<usize>,
     /// Refuse sessions on which admission recorded no requester (see [`crate::requester`]).
     pub require_requester: bool,
+    /// Let `volumeMounts: target` and `envFrom: target` take Secrets and ServiceAccount tokens.
+    pub allow_secret_mounts: bool,
+    /// The most `captureOutput` may keep per container; 0 turns capturing off.
+    pub max_capture_bytes: i32,
 }
 
 /// Sessions that have (or are about to have) a debug container that may still run.
@@ -86,6 +90,14 @@ impl Policy {
                 message: format!("image {} matches none of the allowed images ({})", spec.image, patterns.join(", ")),
             });
         }
+        if let Some(capture) = spec.capture_output
+            && self.max_capture_bytes == 0
+        {
+            return Err(Violation {
+                rule: "capture.enabled",
+                message: format!("captureOutput ({} bytes) is turned off on this cluster", capture.max_bytes),
+            });
+        }
         if self.require_image_digest && !spec.image.contains("@sha256:") {
             return Err(Violation {
                 rule: "policy.requireImageDigest",
@@ -145,15 +157,14 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)] // the image globs are built through with_allowed_images
     fn rules_are_checked_and_named() {
-        let policy = Policy {
-            allowed_profiles: Some(vec![Profile::General, Profile::Restricted]),
-            max_active_per_namespace: Some(2),
-            max_active_per_requester: Some(1),
-            ..Policy::default()
-        }
-        .with_allowed_images(&["localhost/busybox:*".into(), "registry.example/tools/*".into()])
-        .unwrap();
+        let mut policy = Policy::default();
+        policy.allowed_profiles = Some(vec![Profile::General, Profile::Restricted]);
+        policy.max_active_per_namespace = Some(2);
+        policy.max_active_per_requester = Some(1);
+        let policy =
+            policy.with_allowed_images(&["localhost/busybox:*".into(), "registry.example/tools/*".into()]).unwrap();
         let none = ActiveSessions::default();
         let rule = |s: &DebugSession, active| policy.check(s, active).err().map(|v| v.rule);
         assert_eq!(rule(&session("localhost/busybox:1.36", "general"), none), None);

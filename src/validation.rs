@@ -115,6 +115,15 @@ pub fn check_spec(spec: &DebugSessionSpec) -> Result<(), String> {
     {
         return Err(format!("containerName {name:?} is not a DNS-1123 label of at most 56 characters"));
     }
+    if let Some(custom) = &spec.custom {
+        let refused = custom.refused_fields();
+        if !refused.is_empty() {
+            return Err(format!(
+                "custom may not set {} (as kubectl debug --custom); use the session's own fields",
+                refused.join(", ")
+            ));
+        }
+    }
     check_image(&spec.image)
 }
 

@@ -380,6 +380,7 @@ mod tests {
                 attempt,
                 start_timeout_seconds: 120,
                 ttl_seconds_after_finished: None,
+                ..Default::default()
             },
         );
         s.metadata.namespace = Some("ns".into());

@@ -120,7 +120,22 @@ pub fn conditions(
         },
     };
 
-    [ready, reconciling, stalled, injected, attachable, available]
+    let capabilities = match &status.capabilities_warning {
+        Some(warning) => Wanted {
+            type_: "CapabilitiesEffective",
+            status: Some(false),
+            reason: "NonRootUser".into(),
+            message: warning.clone(),
+        },
+        None => Wanted {
+            type_: "CapabilitiesEffective",
+            status: Some(true),
+            reason: "AsProfiled".into(),
+            message: "the debug container gets what its profile adds".into(),
+        },
+    };
+
+    [ready, reconciling, stalled, injected, attachable, available, capabilities]
         .into_iter()
         .map(|wanted| {
             let previous = prior.iter().find(|c| c.type_ == wanted.type_);

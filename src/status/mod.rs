@@ -16,8 +16,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{ContainerState, DebugContainerStatus, DebugSession, DebugSessionStatus, FailureReason, Phase};
 use crate::debug_container::{
-    Marked, attach_command, build_ephemeral_container, choose_container_name, container_bytes, marked_containers,
-    mismatch,
+    Marked, Shaped, attach_command, build_ephemeral_container, choose_container_name, container_bytes,
+    ineffective_capabilities, marked_containers, mismatch, shape,
 };
 use crate::ephemeral_api::{ApiShape, Availability};
 use crate::policy::{ActiveSessions, Policy};
@@ -66,6 +66,9 @@ pub enum Next {
     Inject { pod: Box<Pod>, container: Box<EphemeralContainer> },
     /// The session finished more than `ttlSecondsAfterFinished` ago.
     Delete,
+    /// Keep the output of the current attempt's container (`captureOutput`) in
+    /// the ConfigMap `config_map`, then record it in the status.
+    Capture { pod: String, container: String, config_map: String, max_bytes: i32 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +113,14 @@ pub fn decide(session: &DebugSession, observed: &Observed) -> Decision {
         decide_with_pods(session, &prior, status, observed)
     };
     finish(session, decision, &prior, observed)
+}
+
+/// The ConfigMap that keeps the output of `attempt` (`captureOutput`).
+pub fn output_config_map(session: &DebugSession, attempt: i32) -> String {
+    let suffix = format!("-output-{attempt}");
+    let name = session.metadata.name.as_deref().unwrap_or_default();
+    let keep = 253 - suffix.len();
+    format!("{}{suffix}", &name[..name.len().min(keep)])
 }
 
 fn decide_with_pods(
@@ -189,11 +200,26 @@ fn decide_with_pods(
             return report(status);
         }
         status.attempt = attempt;
-        if let Some(failure) = container_mismatch(session, pod, current) {
+        if let Some(failure) = container_mismatch(session, pod, current, observed.policy) {
             clear_current(&mut status);
             return report(fail(status, failure));
         }
-        return report(describe_container(status, session, pod, &record, now));
+        status.capabilities_warning = ineffective_capabilities(current.container, pod, session.spec.profile);
+        let status = describe_container(status, session, pod, &record, now);
+        if let Some(capture) = session.spec.capture_output
+            && record.state == ContainerState::Terminated
+            && record.output.is_none()
+            && observed.policy.max_capture_bytes > 0
+        {
+            let next = Next::Capture {
+                pod: pod_name(pod).to_string(),
+                container: record.name.clone(),
+                config_map: output_config_map(session, attempt),
+                max_bytes: capture.max_bytes.min(observed.policy.max_capture_bytes),
+            };
+            return Decision { status, next };
+        }
+        return report(status);
     }
 
     if stands(session, prior) {
@@ -218,7 +244,10 @@ fn decide_with_pods(
     status.attempt = attempt;
     clear_current(&mut status);
     match plan_injection(session, pod, observed) {
-        Ok((container, target_container)) => {
+        Ok((shaped, target_container)) => {
+            let container = shaped.container;
+            status.omitted_from_target = shaped.omitted;
+            status.capabilities_warning = ineffective_capabilities(&container, pod, session.spec.profile);
             status.phase = Some(Phase::Pending);
             status.target_container_name = Some(target_container);
             status.container_name = Some(container.name.clone());
@@ -355,6 +384,8 @@ fn records(
                 name: name.clone(),
                 attempt: m.attempt,
                 injected_at: Some(Time(injected_at)),
+                // What was captured is only recorded here (the ConfigMap carries the session's name).
+                output: previous.and_then(|r| r.output.clone()),
                 ..Default::default()
             };
             if let Some(kubelet) = statuses.and_then(|all| all.iter().find(|s| s.name == *name)) {
@@ -385,9 +416,12 @@ fn apply_kubelet_state(record: &mut DebugContainerStatus, kubelet: &ContainerSta
 }
 
 /// A container carrying the session's marker is only the session's if it is what the spec asks for.
-fn container_mismatch(session: &DebugSession, pod: &Pod, found: &Marked) -> Option<Failure> {
+fn container_mismatch(session: &DebugSession, pod: &Pod, found: &Marked, policy: &Policy) -> Option<Failure> {
     let target_container = found.container.target_container_name.clone().unwrap_or_default();
-    let wanted = build_ephemeral_container(session, &found.container.name, &target_container, found.attempt);
+    let name = &found.container.name;
+    let wanted = shape(session, pod, name, &target_container, found.attempt, policy.allow_secret_mounts)
+        .map(|shaped| shaped.container)
+        .unwrap_or_else(|_| build_ephemeral_container(session, name, &target_container, found.attempt));
     let requested = session.spec.target.container.as_deref();
     let difference = mismatch(found.container, &wanted).or_else(|| {
         requested
@@ -405,11 +439,7 @@ fn container_mismatch(session: &DebugSession, pod: &Pod, found: &Marked) -> Opti
 }
 
 /// What to add for the current attempt, or why nothing can be added.
-fn plan_injection(
-    session: &DebugSession,
-    pod: &Pod,
-    observed: &Observed,
-) -> Result<(EphemeralContainer, String), Failure> {
+fn plan_injection(session: &DebugSession, pod: &Pod, observed: &Observed) -> Result<(Shaped, String), Failure> {
     match observed.availability {
         // Before 1.22 the API server refuses any securityContext on an ephemeral container.
         Some(Availability::Available(ApiShape::LegacyEphemeralContainers))
@@ -454,8 +484,10 @@ fn plan_injection(
             format!("container name {taken} is already used by another container of pod {}", pod_name(pod)),
         )
     })?;
-    let container = build_ephemeral_container(session, &name, &target_container, session.spec.attempt);
-    let bytes = container_bytes(&container);
+    let shaped =
+        shape(session, pod, &name, &target_container, session.spec.attempt, observed.policy.allow_secret_mounts)
+            .map_err(|why| Failure::new(FailureReason::Invalid, why))?;
+    let bytes = container_bytes(&shaped.container);
     if bytes > MAX_CONTAINER_BYTES {
         return Err(Failure::new(
             FailureReason::Invalid,
@@ -465,7 +497,7 @@ fn plan_injection(
             ),
         ));
     }
-    Ok((container, target_container))
+    Ok((shaped, target_container))
 }
 
 /// The status that the container of `record` gives the session.

@@ -464,6 +464,7 @@ fn each_condition_has_its_own_reason() {
             ("Injected", "False", "NotInjected"),
             ("Attachable", "False", "EphemeralContainersUnavailable"),
             ("EphemeralContainersAvailable", "False", "NotServed"),
+            ("CapabilitiesEffective", "True", "AsProfiled"),
         ]
     );
     // Available is set from the availability check alone, whatever the target.
@@ -629,4 +630,84 @@ fn status_that_does_not_decode_reads_as_unset() {
     let status = session.status.unwrap();
     assert_eq!((status.attempt, status.phase, status.reason), (0, None, None));
     assert_eq!(status.pod_name.as_deref(), Some("web"), "what decodes is kept");
+}
+
+#[test]
+#[allow(clippy::field_reassign_with_default)]
+fn a_terminated_container_with_capture_is_kept_once() {
+    let mut s =
+        session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
+    s.spec.capture_output = Some(crate::crd::CaptureOutput { max_bytes: 1_000_000 });
+    let p = pod("Running", &[("debugger-abcde", terminated(0))]);
+    let mut policy = Policy::default();
+    policy.max_capture_bytes = 4096;
+    let observed = Observed {
+        pods: PodView::Named { name: "web", pod: Some(&p) },
+        availability: Some(&SERVED),
+        now: at(10),
+        policy: &policy,
+        active: Default::default(),
+    };
+    let decision = decide(&s, &observed);
+    assert_eq!(
+        decision.next,
+        Next::Capture {
+            pod: "web".into(),
+            container: "debugger-abcde".into(),
+            config_map: "s1-output-0".into(),
+            max_bytes: 4096
+        },
+        "capped by the platform"
+    );
+    // Once recorded, nothing more.
+    let mut captured = decision.status.clone();
+    captured.containers[0].output = Some("s1-output-0".into());
+    s.status = Some(captured);
+    assert_eq!(decide(&s, &observed).next, Next::Wait);
+    // Capturing turned off by the platform: a new attempt asking for it is refused.
+    s.spec.attempt = 1;
+    let off = Policy::default();
+    let observed = Observed { policy: &off, ..observed };
+    let refused = decide(&s, &observed).status;
+    assert_eq!(refused.reason, Some(FailureReason::PolicyViolation));
+}
+
+#[test]
+fn what_is_taken_from_the_target_is_shown() {
+    use k8s_openapi::api::core::v1::{PodSecurityContext, SecretVolumeSource, Volume, VolumeMount};
+    let mut s = session(0, None);
+    s.spec.run_as = Some(crate::crd::FromTarget::Target);
+    s.spec.volume_mounts = Some(crate::crd::FromTarget::Target);
+    let mut p = pod("Running", &[]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.security_context =
+        Some(PodSecurityContext { run_as_user: Some(1000), run_as_group: Some(3000), ..Default::default() });
+    spec.volumes = Some(vec![
+        Volume { name: "data".into(), empty_dir: Some(Default::default()), ..Default::default() },
+        Volume {
+            name: "creds".into(),
+            secret: Some(SecretVolumeSource { secret_name: Some("db".into()), ..Default::default() }),
+            ..Default::default()
+        },
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        VolumeMount { name: "data".into(), mount_path: "/data".into(), ..Default::default() },
+        VolumeMount { name: "creds".into(), mount_path: "/creds".into(), ..Default::default() },
+    ]);
+    let decision = decide_on(&s, Some(&p), Some(&SERVED), 0);
+    let Next::Inject { container, .. } = &decision.next else { panic!("{decision:?}") };
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!((security.run_as_user, security.run_as_group), (Some(1000), Some(3000)));
+    let mounts: Vec<_> = container.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+    assert_eq!(mounts, ["/data"], "the Secret stays out by default");
+    assert_eq!(decision.status.omitted_from_target, ["mount /creds (volume creds, a Secret)"]);
+    let warning = condition(&decision.status, "CapabilitiesEffective");
+    assert_eq!((warning.status.as_str(), warning.reason.as_str()), ("False", "NonRootUser"));
+    assert!(warning.message.contains("SYS_PTRACE") && warning.message.contains("uid 1000"), "{}", warning.message);
+
+    // runAs: target with no user to take fails at once, saying why.
+    p.spec.as_mut().unwrap().security_context = None;
+    let refused = decide_on(&s, Some(&p), Some(&SERVED), 0).status;
+    assert_eq!(refused.reason, Some(FailureReason::Invalid));
+    assert!(refused.message.unwrap().contains("runAs: target"));
 }

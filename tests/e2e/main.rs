@@ -16,6 +16,7 @@ mod markdown;
 mod personas;
 mod plugin;
 mod pod_security;
+mod reach;
 mod security;
 mod terminal;
 mod trust;

@@ -91,6 +91,7 @@ pub async fn debug(cx: &Context, args: DebugArgs) -> Result<u8, Error> {
         attempt: 0,
         start_timeout_seconds: args.start_timeout.map_or(120, |d| seconds(d).max(1)),
         ttl_seconds_after_finished: args.ttl.map(seconds),
+        ..DebugSessionSpec::default()
     };
     let mut session = DebugSession::new(args.name.as_deref().unwrap_or_default(), spec);
     if args.name.is_none() {
@@ -253,7 +254,14 @@ pub async fn logs(cx: &Context, name: &str, attempt: Option<i32>, follow: bool) 
     let session = cx.sessions().get(name).await?;
     let attempt = attempt.unwrap_or_else(|| session.status.as_ref().map_or(0, |s| s.attempt));
     let Some(pod) = session_pod(cx, &session).await? else {
-        return Err(format!("{name} has no pod (any more) to read logs from").into());
+        // The pod is gone; with captureOutput its output outlived it.
+        if let Some(output) = captured_output(cx, &session, attempt).await? {
+            crate::print_out(&output)?;
+            return Ok(0);
+        }
+        return Err(
+            format!("{name} has no pod (any more) to read logs from, and kept no output of attempt {attempt}").into()
+        );
     };
     let container = marked_containers(&session, &pod)
         .into_iter()
@@ -263,6 +271,33 @@ pub async fn logs(cx: &Context, name: &str, attempt: Option<i32>, follow: bool) 
         .ok_or_else(|| format!("pod {} holds no debug container of {name}'s attempt {attempt}", pod.name_any()))?;
     attach::print_logs(&cx.pods(), &pod.name_any(), &container, follow).await?;
     Ok(0)
+}
+
+/// The output `captureOutput` kept of `attempt`, from its ConfigMap (named by
+/// the session, checked to be owned by it).
+async fn captured_output(cx: &Context, session: &DebugSession, attempt: i32) -> Result<Option<String>, Error> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let name = ephemera::status::output_config_map(session, attempt);
+    let config_maps: Api<ConfigMap> = Api::namespaced(cx.client(), cx.namespace());
+    let Some(kept) = config_maps.get_opt(&name).await? else { return Ok(None) };
+    let owned = kept.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == session.metadata.uid.as_ref());
+    if !owned {
+        return Err(format!("ConfigMap {name} is not this session's; not showing it").into());
+    }
+    let mut text = match (
+        kept.data.as_ref().and_then(|d| d.get("output")),
+        kept.binary_data.as_ref().and_then(|d| d.get("output")),
+    ) {
+        (Some(text), _) => text.clone(),
+        (None, Some(bytes)) => String::from_utf8_lossy(&bytes.0).into_owned(),
+        (None, None) => String::new(),
+    };
+    if kept.metadata.annotations.as_ref().and_then(|a| a.get("ephemera.dev/truncated")).map(String::as_str)
+        == Some("true")
+    {
+        text.push_str("\n[output truncated: captureOutput.maxBytes was reached]\n");
+    }
+    Ok(Some(text))
 }
 
 /// `kubectl ephemera delete`.
