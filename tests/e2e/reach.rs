@@ -185,8 +185,8 @@ async fn captured_output_outlives_the_pod_and_marks_truncation() {
     assert_eq!(kept.metadata.annotations.as_ref().unwrap()["ephemera.dev/truncated"], "false");
     assert!(kept.metadata.owner_references.as_ref().unwrap()[0].kind == "DebugSession");
     // A one-shot that prints more than it may keep.
-    let flood = format!("  stdin: false\n  tty: false\n  captureOutput: {{ maxBytes: 100 }}\n");
-    env.create_session(&busybox_session("flood", "{ pod: web }", r#"["sh", "-c", "seq 1 1000"]"#, &flood)).await;
+    let flood = "  stdin: false\n  tty: false\n  captureOutput: { maxBytes: 100 }\n";
+    env.create_session(&busybox_session("flood", "{ pod: web }", r#"["sh", "-c", "seq 1 1000"]"#, flood)).await;
     env.wait_phase("flood", Phase::Terminated).await;
     let flooded = captured(&env, "flood", 0).await;
     assert_eq!(output(&flooded).len(), 100);
