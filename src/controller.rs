@@ -360,6 +360,15 @@ struct Inputs {
 }
 
 impl Inputs {
+    /// Puts a pod as a write returned it in place of the one read before.
+    fn replace_pod(&mut self, updated: Pod) {
+        let pods = self.pods.get_or_insert_default();
+        match pods.iter_mut().find(|p| p.metadata.name == updated.metadata.name) {
+            Some(pod) => *pod = updated,
+            None => pods.push(updated),
+        }
+    }
+
     fn observed<'a>(&'a self, now: Timestamp, ctx: &'a Context, active: ActiveSessions) -> Observed<'a> {
         let pods = match (&self.named, &self.pods) {
             (Some(name), Some(pods)) => PodView::Named { name, pod: pods.first() },
@@ -456,17 +465,16 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let mut stale_pods = 0;
     let mut looked_again = false;
     loop {
-        match decision.next {
+        match std::mem::replace(&mut decision.next, Next::Wait) {
             Next::Wait => {
                 publish_status(ctx, &sessions, &current, &decision.status, false).await?;
                 let requeue = status::requeue_after(&current, &decision.status, now);
                 return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
             }
-            Next::Capture { pod, container, config_map, max_bytes } => {
-                let output = capture_output(ctx, &pods, &current, &pod, &container, &config_map, max_bytes).await?;
-                let attempt = decision.status.attempt;
-                if let Some(record) = decision.status.containers.iter_mut().find(|r| r.attempt == attempt) {
-                    record.output = Some(output);
+            Next::Capture(captures) => {
+                for capture in &captures {
+                    let output = capture_output(ctx, &pods, &current, capture).await?;
+                    status::record_output(&mut decision.status, capture, output);
                 }
                 decision.next = Next::Wait;
             }
@@ -499,15 +507,44 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 publish_status(ctx, &sessions, &current, &decision.status, false).await?;
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
-            Next::Inject { pod, container } => {
-                // Whoever asked must be able to do this by hand, now.
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                if let Some(who) = requester(&current)
-                    && let Some(failure) = check_requester(ctx, &who, &namespace, &pod_name).await?
-                {
+            Next::Inject(injections) => {
+                let fan_out = !decision.status.targets.is_empty();
+                // Whoever asked must be able to do this by hand, now, for every pod.
+                let mut allowed = Vec::new();
+                let mut refused_outright = None;
+                match requester(&current) {
+                    Some(who) => {
+                        for injection in injections {
+                            let pod_name = injection.pod.metadata.name.clone().unwrap_or_default();
+                            match check_requester(ctx, &who, &namespace, &pod_name).await? {
+                                None => allowed.push(injection),
+                                Some(failure) if fan_out => {
+                                    status::refuse_target(&mut decision.status, &pod_name, failure)
+                                }
+                                Some(failure) => {
+                                    refused_outright = Some(failure);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    None => allowed = injections,
+                }
+                if let Some(failure) = refused_outright {
                     decision = status::refused(&current, &decision.status, failure, &inputs.observed(now, ctx, active));
                     continue;
                 }
+                if allowed.is_empty() {
+                    // Every pod refused: the rows say so.
+                    let mut view = current.clone();
+                    view.status = Some(decision.status.clone());
+                    decision = status::decide(&view, &inputs.observed(now, ctx, active));
+                    if matches!(decision.next, Next::Inject(_)) {
+                        decision.next = Next::Wait;
+                    }
+                    continue;
+                }
+                let injections = allowed;
                 // The claim: written only if the session is unchanged since it was read,
                 // so a deleted session, or one another operator claimed, gets nothing.
                 current.metadata.resource_version =
@@ -526,66 +563,83 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                     Some(Availability::Available(shape)) => *shape,
                     _ => unreachable!("a container is only planned where ephemeral containers are served"),
                 };
-                ctx.metrics.request("patch", "pods/ephemeralcontainers");
-                match add_ephemeral_container(&ctx.client, shape, &pod, &container).await {
-                    Ok(updated) => {
-                        ctx.metrics.injections.with_label_values(&["injected"]).inc();
-                        ctx.pods.wrote(&updated).await;
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        let after = Inputs {
-                            pods: Some(vec![updated]),
-                            named: Some(name),
-                            availability: inputs.availability.clone(),
-                        };
-                        decision = status::decide(&current, &after.observed(now, ctx, active));
-                        inputs = after;
+                // What the API server says to each write; the decision follows from all of them.
+                let mut claim = decision.status.clone();
+                let mut refused = None;
+                let mut stale = false;
+                for injection in &injections {
+                    let pod_name = injection.pod.metadata.name.clone().unwrap_or_default();
+                    ctx.metrics.request("patch", "pods/ephemeralcontainers");
+                    match add_ephemeral_container(&ctx.client, shape, &injection.pod, &injection.container).await {
+                        Ok(updated) => {
+                            ctx.metrics.injections.with_label_values(&["injected"]).inc();
+                            ctx.pods.wrote(&updated).await;
+                            inputs.replace_pod(updated);
+                        }
+                        Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {
+                            // A refusal that a fresh read does not explain is no staleness:
+                            // report it instead of asking again and again.
+                            Refusal::StalePod if !(refusal.code == 422 && stale_pods >= 2) => stale = true,
+                            Refusal::StalePod => {
+                                let failure = Failure::new(
+                                    FailureReason::Invalid,
+                                    format!(
+                                        "the API server refused the debug container again on a fresh read of the pod: {}",
+                                        refusal.message
+                                    ),
+                                );
+                                refused = Some((pod_name, failure));
+                            }
+                            Refusal::Unavailable(advice) => {
+                                ctx.metrics.injections.with_label_values(&["unavailable"]).inc();
+                                ctx.availability.refused(advice.clone()).await;
+                                inputs.availability = Some(Availability::Unavailable(advice.clone()));
+                                refused = Some((
+                                    pod_name,
+                                    Failure::new(FailureReason::EphemeralContainersUnavailable, advice),
+                                ));
+                            }
+                            Refusal::Other => {
+                                let Some(failure) = failure_of_write(&refusal) else {
+                                    ctx.metrics.injections.with_label_values(&["error"]).inc();
+                                    return Err(kube::Error::Api(refusal).into());
+                                };
+                                ctx.metrics.injections.with_label_values(&[failure.reason.as_str()]).inc();
+                                refused = Some((pod_name, failure));
+                            }
+                        },
+                        Err(error) => {
+                            ctx.metrics.injections.with_label_values(&["error"]).inc();
+                            return Err(error.into());
+                        }
                     }
-                    Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {
-                        // A refusal that a fresh read does not explain is no staleness:
-                        // report it instead of asking again and again.
-                        Refusal::StalePod if refusal.code == 422 && stale_pods >= 2 => {
-                            let failure = Failure::new(
-                                FailureReason::Invalid,
-                                format!(
-                                    "the API server refused the debug container again on a fresh read of the pod: {}",
-                                    refusal.message
-                                ),
-                            );
-                            let claim = current.status.clone().unwrap_or_default();
-                            decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
+                    if let Some((pod_name, failure)) = refused.take() {
+                        if fan_out {
+                            status::refuse_target(&mut claim, &pod_name, failure);
+                        } else {
+                            refused = Some((pod_name, failure));
+                            break;
                         }
-                        Refusal::StalePod if stale_pods < STALE_POD_RETRIES => {
-                            stale_pods += 1;
-                            ctx.metrics.injections.with_label_values(&["stale"]).inc();
-                            tracing::debug!(session = %current.name_any(), stale_pods, "the pod changed under the write; deciding again");
-                            let reads = reads_for(&current, true);
-                            inputs = read(ctx, &pods, &reads, true).await?;
-                            decision = status::decide(&current, &inputs.observed(now, ctx, active));
-                        }
-                        Refusal::StalePod => return Err(Error::BusyPod(stale_pods)),
-                        Refusal::Unavailable(advice) => {
-                            ctx.metrics.injections.with_label_values(&["unavailable"]).inc();
-                            ctx.availability.refused(advice.clone()).await;
-                            inputs.availability = Some(Availability::Unavailable(advice.clone()));
-                            let failure = Failure::new(FailureReason::EphemeralContainersUnavailable, advice);
-                            let claim = current.status.clone().unwrap_or_default();
-                            decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
-                        }
-                        Refusal::Other => {
-                            let Some(failure) = failure_of_write(&refusal) else {
-                                ctx.metrics.injections.with_label_values(&["error"]).inc();
-                                return Err(kube::Error::Api(refusal).into());
-                            };
-                            ctx.metrics.injections.with_label_values(&[failure.reason.as_str()]).inc();
-                            let claim = current.status.clone().unwrap_or_default();
-                            decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
-                        }
-                    },
-                    Err(error) => {
-                        ctx.metrics.injections.with_label_values(&["error"]).inc();
-                        return Err(error.into());
                     }
                 }
+                if let Some((_, failure)) = refused {
+                    decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
+                    continue;
+                }
+                if stale {
+                    if stale_pods >= STALE_POD_RETRIES {
+                        return Err(Error::BusyPod(stale_pods));
+                    }
+                    stale_pods += 1;
+                    ctx.metrics.injections.with_label_values(&["stale"]).inc();
+                    tracing::debug!(session = %current.name_any(), stale_pods, "a pod changed under the write; deciding again");
+                    let reads = reads_for(&current, true);
+                    inputs = read(ctx, &pods, &reads, true).await?;
+                }
+                // Decide again from the pods as the writes left them, with refused pods standing failed.
+                let mut view = current.clone();
+                view.status = Some(claim);
+                decision = status::decide(&view, &inputs.observed(now, ctx, active));
             }
         }
     }
@@ -600,11 +654,10 @@ async fn capture_output(
     ctx: &Context,
     pods: &Api<Pod>,
     session: &DebugSession,
-    pod: &str,
-    container: &str,
-    config_map: &str,
-    max_bytes: i32,
+    capture: &status::Capture,
 ) -> Result<String, Error> {
+    let status::Capture { pod, container, config_map, max_bytes } = capture;
+    let (pod, container, config_map, max_bytes) = (pod.as_str(), container.as_str(), config_map.as_str(), *max_bytes);
     use futures::AsyncReadExt;
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

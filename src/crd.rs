@@ -85,6 +85,9 @@ const SPEC_IMMUTABLE_RULE: &str = concat!(
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason"}"#,
     printcolumn = r#"{"name":"Attempt","type":"integer","priority":1,"jsonPath":".spec.attempt"}"#,
     printcolumn = r#"{"name":"Requester","type":"string","priority":1,"jsonPath":".status.requester"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","priority":1,"jsonPath":".status.targetCounts.total"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","priority":1,"jsonPath":".status.targetCounts.running"}"#,
+    printcolumn = r#"{"name":"Done","type":"integer","priority":1,"jsonPath":".status.targetCounts.terminated"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
@@ -287,6 +290,7 @@ fn default_start_timeout() -> i32 {
 #[x_kube(
     validation = Rule::new("has(self.pod) != has(self.selector)").message("set exactly one of target.pod and target.selector"),
     validation = Rule::new("!has(self.selector) || (has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)").message("target.selector must not be empty: it would match every pod"),
+    validation = Rule::new("!has(self.mode) || self.mode != 'All' || (has(self.selector) && has(self.maxPods))").message("target.mode All needs target.selector and target.maxPods"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
@@ -308,6 +312,30 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub container: Option<String>,
+
+    /// `One` (default): one pod. `All`: a debug container in every Running pod the
+    /// selector matches, up to `maxPods`, with one row per pod in `status.targets`. The set
+    /// is fixed when the first containers are added: pods that appear later are not added.
+    #[serde(default, skip_serializing_if = "TargetMode::is_one")]
+    pub mode: TargetMode,
+
+    /// With `mode: All`: at most this many pods (the platform may cap it lower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_pods: Option<i32>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TargetMode {
+    #[default]
+    One,
+    All,
+}
+
+impl TargetMode {
+    pub fn is_one(&self) -> bool {
+        *self == TargetMode::One
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -446,6 +474,15 @@ pub struct DebugSessionStatus {
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub capabilities_warning: Option<String>,
 
+    /// With `target.mode: All`: one row per pod, as found in each pod.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub targets: Vec<DebugTargetStatus>,
+
+    /// With `target.mode: All`: how many pods are in each state.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub target_counts: Option<TargetCounts>,
+
     /// What `volumeMounts: target` or `envFrom: target` left out of the debug container
     /// because the platform does not allow Secrets there (e.g. `mount /var/run/secrets/...`).
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
@@ -477,6 +514,53 @@ where
 {
     let value = serde_json::Value::deserialize(deserializer)?;
     Ok(serde_json::from_value(value).unwrap_or_default())
+}
+
+/// One pod of a `mode: All` session.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugTargetStatus {
+    pub pod_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, deserialize_with = "lenient")]
+    #[schemars(range(min = 0, max = 9999))]
+    pub attempt: i32,
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// This pod's debug containers, oldest first.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    pub containers: Vec<DebugContainerStatus>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetCounts {
+    #[schemars(range(min = 0, max = 100))]
+    pub total: i32,
+    #[schemars(range(min = 0, max = 100))]
+    pub pending: i32,
+    #[schemars(range(min = 0, max = 100))]
+    pub running: i32,
+    #[schemars(range(min = 0, max = 100))]
+    pub terminated: i32,
+    #[schemars(range(min = 0, max = 100))]
+    pub failed: i32,
 }
 
 /// One debug container that this session added to the pod.

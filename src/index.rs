@@ -46,6 +46,9 @@ fn interest(object: &GuardedSession) -> Option<Interest> {
     let target = &session.spec.target;
     let pinned = session.status.as_ref().and_then(|s| s.pod_name.clone());
     match (&target.pod, &target.selector, pinned) {
+        (None, Some(selector), _) if target.mode == crate::crd::TargetMode::All => {
+            Selector::try_from(selector.clone()).ok().map(|s| Interest::Selector(namespace, s))
+        }
         (Some(name), _, _) => Some(Interest::Pod(namespace, name.clone())),
         (None, Some(_), Some(pinned)) => Some(Interest::Pod(namespace, pinned)),
         (None, Some(selector), None) => {

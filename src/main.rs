@@ -89,6 +89,9 @@ struct PolicyArgs {
     /// `get pods/log` and `create configmaps`).
     #[arg(long, env = "EPHEMERA_MAX_CAPTURE_BYTES", default_value_t = 262_144)]
     max_capture_bytes: i32,
+    /// The most pods one `target.mode: All` session may debug.
+    #[arg(long, env = "EPHEMERA_MAX_FAN_OUT", default_value_t = 20)]
+    max_fan_out: usize,
 }
 
 impl PolicyArgs {
@@ -101,6 +104,7 @@ impl PolicyArgs {
         policy.require_requester = self.require_requester;
         policy.allow_secret_mounts = self.allow_secret_mounts;
         policy.max_capture_bytes = self.max_capture_bytes.max(0);
+        policy.max_fan_out = Some(self.max_fan_out);
         Ok(policy)
     }
 }

@@ -22,6 +22,8 @@ pub struct Policy {
     pub allow_secret_mounts: bool,
     /// The most `captureOutput` may keep per container; 0 turns capturing off.
     pub max_capture_bytes: i32,
+    /// The most pods one `target.mode: All` session may debug.
+    pub max_fan_out: Option<usize>,
 }
 
 /// Sessions that have (or are about to have) a debug container that may still run.

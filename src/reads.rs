@@ -63,6 +63,8 @@ pub fn reads_for(session: &DebugSession, status_is_own: bool) -> Reads {
     let target = &session.spec.target;
     let pinned = session.status.as_ref().and_then(|s| s.pod_name.clone());
     let pods = match (&target.pod, &target.selector, pinned) {
+        // Every pod of a fan-out, in one list.
+        (None, Some(selector), _) if target.mode == crate::crd::TargetMode::All => PodReads::Selected(selector.clone()),
         (Some(name), _, _) => PodReads::Named(name.clone()),
         // Once picked, a selector's pod is read by name, then checked against the selector.
         (None, Some(_), Some(pinned)) if validation::is_dns1123_subdomain(&pinned) => PodReads::Named(pinned),

@@ -105,6 +105,9 @@ pub fn check_spec(spec: &DebugSessionSpec) -> Result<(), String> {
         (None, Some(selector)) => check_selector(selector).map_err(|e| format!("target.selector: {e}"))?,
         _ => return Err("set exactly one of target.pod and target.selector".into()),
     }
+    if target.mode == crate::crd::TargetMode::All && (target.selector.is_none() || target.max_pods.is_none()) {
+        return Err("target.mode All needs target.selector and target.maxPods".into());
+    }
     if let Some(container) = &target.container
         && !is_dns1123_label(container)
     {

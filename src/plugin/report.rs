@@ -366,7 +366,7 @@ mod tests {
         let mut s = DebugSession::new(
             "shell",
             DebugSessionSpec {
-                target: Target { pod: Some("web".into()), container: Some("app".into()), selector: None },
+                target: Target { pod: Some("web".into()), container: Some("app".into()), ..Default::default() },
                 image: "busybox:1.36".into(),
                 image_pull_policy: None,
                 command: Some(vec!["sh".into()]),

@@ -31,7 +31,11 @@ pub fn conditions(
     let message = status.message.clone().unwrap_or_default();
     let failure = status.reason.filter(|_| phase == Some(Phase::Failed));
     let attempt_pending = status.attempt < session.spec.attempt;
-    let current = status.containers.iter().find(|c| c.attempt == status.attempt);
+    let current = status
+        .containers
+        .iter()
+        .chain(status.targets.iter().flat_map(|t| t.containers.iter()))
+        .find(|c| c.attempt == status.attempt);
     let phase_name = phase.map_or("Unknown", Phase::as_str);
 
     let ready = Wanted {

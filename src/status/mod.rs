@@ -14,7 +14,10 @@ use k8s_openapi::api::core::v1::{ContainerStatus, EphemeralContainer, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::crd::{ContainerState, DebugContainerStatus, DebugSession, DebugSessionStatus, FailureReason, Phase};
+use crate::crd::{
+    ContainerState, DebugContainerStatus, DebugSession, DebugSessionStatus, DebugTargetStatus, FailureReason, Phase,
+    TargetCounts, TargetMode,
+};
 use crate::debug_container::{
     Marked, Shaped, attach_command, build_ephemeral_container, choose_container_name, container_bytes,
     ineffective_capabilities, marked_containers, mismatch, shape,
@@ -61,14 +64,29 @@ pub enum Next {
     Wait,
     /// Look again at once: the status was corrected (a pinned pod that no longer fits).
     LookAgain,
-    /// Add the container to the pod. The status is the claim, written first and
+    /// Add each container to its pod. The status is the claim, written first and
     /// only if the session is unchanged since it was read.
-    Inject { pod: Box<Pod>, container: Box<EphemeralContainer> },
+    Inject(Vec<Injection>),
     /// The session finished more than `ttlSecondsAfterFinished` ago.
     Delete,
-    /// Keep the output of the current attempt's container (`captureOutput`) in
-    /// the ConfigMap `config_map`, then record it in the status.
-    Capture { pod: String, container: String, config_map: String, max_bytes: i32 },
+    /// Keep the output of finished containers (`captureOutput`), then record it in the status.
+    Capture(Vec<Capture>),
+}
+
+/// One container to add to one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    pub pod: Box<Pod>,
+    pub container: Box<EphemeralContainer>,
+}
+
+/// The output of one finished container to keep in the ConfigMap `config_map`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    pub pod: String,
+    pub container: String,
+    pub config_map: String,
+    pub max_bytes: i32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +127,8 @@ pub fn decide(session: &DebugSession, observed: &Observed) -> Decision {
         Decision { status: fail(status, Failure::new(FailureReason::Invalid, problem)), next: Next::Wait }
     } else if let PodView::NotRead = observed.pods {
         Decision { status, next: Next::Wait }
+    } else if session.spec.target.mode == TargetMode::All {
+        decide_fan_out(session, &prior, status, observed)
     } else {
         decide_with_pods(session, &prior, status, observed)
     };
@@ -121,6 +141,14 @@ pub fn output_config_map(session: &DebugSession, attempt: i32) -> String {
     let name = session.metadata.name.as_deref().unwrap_or_default();
     let keep = 253 - suffix.len();
     format!("{}{suffix}", &name[..name.len().min(keep)])
+}
+
+/// The same for one pod of a `mode: All` session.
+pub fn output_config_map_of_pod(session: &DebugSession, pod: &str, attempt: i32) -> String {
+    let suffix = format!("-{pod}-output-{attempt}");
+    let name = session.metadata.name.as_deref().unwrap_or_default();
+    let keep = 253usize.saturating_sub(suffix.len());
+    format!("{}{suffix}", &name[..name.len().min(keep)]).chars().take(253).collect()
 }
 
 fn decide_with_pods(
@@ -211,12 +239,16 @@ fn decide_with_pods(
             && record.output.is_none()
             && observed.policy.max_capture_bytes > 0
         {
-            let next = Next::Capture {
+            let config_map = match session.spec.target.mode {
+                TargetMode::One => output_config_map(session, attempt),
+                TargetMode::All => output_config_map_of_pod(session, pod_name(pod), attempt),
+            };
+            let next = Next::Capture(vec![Capture {
                 pod: pod_name(pod).to_string(),
                 container: record.name.clone(),
-                config_map: output_config_map(session, attempt),
+                config_map,
                 max_bytes: capture.max_bytes.min(observed.policy.max_capture_bytes),
-            };
+            }]);
             return Decision { status, next };
         }
         return report(status);
@@ -252,7 +284,8 @@ fn decide_with_pods(
             status.target_container_name = Some(target_container);
             status.container_name = Some(container.name.clone());
             status.message = Some(format!("adding debug container {} to pod {}", container.name, pod_name(pod)));
-            Decision { status, next: Next::Inject { pod: Box::new(pod.clone()), container: Box::new(container) } }
+            let injection = Injection { pod: Box::new(pod.clone()), container: Box::new(container) };
+            Decision { status, next: Next::Inject(vec![injection]) }
         }
         Err(failure) => report(fail(status, failure)),
     }
@@ -265,6 +298,238 @@ pub fn refused(session: &DebugSession, claim: &DebugSessionStatus, failure: Fail
     let mut status = claim.clone();
     clear_current(&mut status);
     finish(session, Decision { status: fail(status, failure), next: Next::Wait }, &prior, observed)
+}
+
+/// A `mode: All` session: every pod of its set decided on its own, as a
+/// one-pod session pinned to it would be, then summed up. The set is the pods
+/// that hold the session's containers (the pods say so) and those the claim
+/// picked before the containers went in; the first time, the Running pods the
+/// selector matches, Ready first, then newest, up to `maxPods`.
+fn decide_fan_out(
+    session: &DebugSession,
+    prior: &DebugSessionStatus,
+    mut status: DebugSessionStatus,
+    observed: &Observed,
+) -> Decision {
+    let report = |status| Decision { status, next: Next::Wait };
+    let PodView::Selected(candidates) = observed.pods else { return report(status) };
+    let max_pods = session.spec.target.max_pods.unwrap_or(1).max(1) as usize;
+    if let Some(cap) = observed.policy.max_fan_out
+        && max_pods > cap
+    {
+        status.attempt = session.spec.attempt;
+        let failure = Failure::new(
+            FailureReason::PolicyViolation,
+            format!("target.maxPods {max_pods} is more than this cluster allows ({cap}) (rule policy.maxFanOut)"),
+        );
+        return report(fail(status, failure));
+    }
+    let holds_ours = |pod: &Pod| marked_containers(session, pod).iter().any(|m| !m.predecessor);
+    let mut set: Vec<(String, Option<&Pod>)> =
+        candidates.iter().filter(|p| holds_ours(p)).map(|p| (pod_name(p).to_string(), Some(p))).collect();
+    for row in &prior.targets {
+        if set.iter().any(|(name, _)| *name == row.pod_name) {
+            continue;
+        }
+        let same = candidates.iter().find(|p| pod_name(p) == row.pod_name && p.metadata.uid == row.pod_uid);
+        let injected_before = !row.containers.is_empty();
+        if same.is_some() || injected_before {
+            set.push((row.pod_name.clone(), same));
+        }
+    }
+    let mut picked_note = None;
+    if set.is_empty() {
+        let mut running: Vec<&Pod> = candidates.iter().filter(|p| crate::target::is_running(p)).collect();
+        running.sort_by(|a, b| {
+            let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            crate::target::is_ready(b)
+                .cmp(&crate::target::is_ready(a))
+                .then(created(b).cmp(&created(a)))
+                .then(pod_name(a).cmp(pod_name(b)))
+        });
+        if running.is_empty() {
+            let shown = session.spec.target.selector.as_ref().map(selector_text).unwrap_or_default();
+            let failure = match pick_pod(candidates, &shown) {
+                Err(failure) => failure,
+                Ok(_) => Failure::new(FailureReason::TargetNotRunning, "no pod runs"),
+            };
+            if stands(session, prior) {
+                return report(status);
+            }
+            status.attempt = session.spec.attempt;
+            status.targets.clear();
+            clear_current(&mut status);
+            return report(fail(status, failure));
+        }
+        set = running.into_iter().take(max_pods).map(|p| (pod_name(p).to_string(), Some(p))).collect();
+    }
+    set.sort_by(|a, b| a.0.cmp(&b.0));
+    // Say why Running pods that match are not debugged: the cap, or the set fixed before they came.
+    let running = candidates.iter().filter(|p| crate::target::is_running(p)).count();
+    let outside: Vec<&str> = candidates
+        .iter()
+        .filter(|p| crate::target::is_running(p) && !set.iter().any(|(name, _)| name == pod_name(p)))
+        .map(pod_name)
+        .collect();
+    if !outside.is_empty() {
+        let chosen = set.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ");
+        picked_note = Some(if set.len() >= max_pods {
+            format!(
+                "{running} Running pods match; target.maxPods is {max_pods}, so the debug containers go to {chosen}"
+            )
+        } else {
+            format!(
+                "the set of pods was fixed when the first containers went in; {} came later and are left out",
+                outside.join(", ")
+            )
+        });
+    }
+
+    let mut rows = Vec::new();
+    let mut injections = Vec::new();
+    let mut captures = Vec::new();
+    for (name, pod) in &set {
+        let previous = prior.targets.iter().find(|r| r.pod_name == *name);
+        let row_prior = previous.map(row_to_status).unwrap_or_else(|| DebugSessionStatus {
+            pod_name: Some(name.clone()),
+            pod_uid: pod.and_then(|p| p.metadata.uid.clone()),
+            ..Default::default()
+        });
+        let row_observed = Observed { pods: PodView::Named { name, pod: *pod }, ..*observed };
+        let mut one = session.clone();
+        one.status = Some(row_prior.clone());
+        let decision = decide_with_pods(&one, &row_prior, row_prior.clone(), &row_observed);
+        match decision.next {
+            Next::Inject(found) => injections.extend(found),
+            Next::Capture(found) => captures.extend(found),
+            // A picked pod that left the selector before anything went in: not in the set any more.
+            Next::LookAgain => continue,
+            Next::Wait | Next::Delete => {}
+        }
+        rows.push(status_to_row(name, &decision.status));
+    }
+    status.targets = rows;
+    summarize(session, &mut status, picked_note);
+    let next = if !injections.is_empty() {
+        Next::Inject(injections)
+    } else if !captures.is_empty() {
+        Next::Capture(captures)
+    } else {
+        Next::Wait
+    };
+    Decision { status, next }
+}
+
+fn row_to_status(row: &DebugTargetStatus) -> DebugSessionStatus {
+    DebugSessionStatus {
+        phase: row.phase,
+        attempt: row.attempt,
+        reason: row.reason,
+        message: row.message.clone(),
+        pod_name: Some(row.pod_name.clone()),
+        pod_uid: row.pod_uid.clone(),
+        target_container_name: row.target_container_name.clone(),
+        container_name: row.container_name.clone(),
+        exit_code: row.exit_code,
+        exit_reason: row.exit_reason.clone(),
+        finished_at: row.finished_at.clone(),
+        containers: row.containers.clone(),
+        ..Default::default()
+    }
+}
+
+fn status_to_row(pod: &str, status: &DebugSessionStatus) -> DebugTargetStatus {
+    DebugTargetStatus {
+        pod_name: pod.to_string(),
+        pod_uid: status.pod_uid.clone(),
+        phase: status.phase,
+        attempt: status.attempt,
+        reason: status.reason,
+        message: status.message.clone(),
+        target_container_name: status.target_container_name.clone(),
+        container_name: status.container_name.clone(),
+        exit_code: status.exit_code,
+        exit_reason: status.exit_reason.clone(),
+        finished_at: status.finished_at.clone(),
+        containers: status.containers.clone(),
+    }
+}
+
+/// The session's phase from its pods': Running while any runs; then waiting
+/// ones; Terminated once every pod's container ended, Failed only if every pod failed.
+fn summarize(session: &DebugSession, status: &mut DebugSessionStatus, picked_note: Option<String>) {
+    let rows = status.targets.clone();
+    let count = |phases: &[Phase]| rows.iter().filter(|r| r.phase.is_some_and(|p| phases.contains(&p))).count() as i32;
+    let counts = TargetCounts {
+        total: rows.len() as i32,
+        pending: count(&[Phase::Pending, Phase::Injected]),
+        running: count(&[Phase::Running]),
+        terminated: count(&[Phase::Terminated]),
+        failed: count(&[Phase::Failed]),
+    };
+    let attempt = session.spec.attempt;
+    let current = rows.iter().all(|r| r.attempt == attempt);
+    clear_current(status);
+    status.attempt = if current { attempt } else { rows.iter().map(|r| r.attempt).min().unwrap_or(attempt) };
+    status.container_name = rows.iter().find_map(|r| r.container_name.clone());
+    status.pod_name = None;
+    status.pod_uid = None;
+    status.containers.clear();
+    let phase = if counts.running > 0 {
+        Phase::Running
+    } else if rows.iter().any(|r| r.phase == Some(Phase::Pending)) {
+        Phase::Pending
+    } else if counts.pending > 0 {
+        Phase::Injected
+    } else if counts.failed == counts.total && counts.total > 0 {
+        Phase::Failed
+    } else {
+        Phase::Terminated
+    };
+    status.phase = Some(phase);
+    let mut message = format!(
+        "{} pods: {} running, {} waiting, {} terminated, {} failed",
+        counts.total, counts.running, counts.pending, counts.terminated, counts.failed
+    );
+    if let Some(note) = picked_note {
+        message = format!("{note}; {message}");
+    }
+    if phase == Phase::Failed {
+        let first = rows.first().and_then(|r| r.reason);
+        let same = rows.iter().all(|r| r.reason == first);
+        status.reason =
+            Some(if same { first.unwrap_or(FailureReason::TargetGone) } else { FailureReason::TargetNotRunning });
+        message =
+            format!("{message}; {}", rows.iter().filter_map(|r| r.message.clone()).collect::<Vec<_>>().join("; "));
+    }
+    if phase == Phase::Terminated {
+        status.finished_at = rows.iter().filter_map(|r| r.finished_at.clone()).max_by_key(|t| t.0);
+    }
+    status.message = Some(message);
+    status.target_counts = Some(counts);
+}
+
+/// Marks the row of `pod` in a claim as failed: the API server refused its container.
+pub fn refuse_target(claim: &mut DebugSessionStatus, pod: &str, failure: Failure) {
+    if let Some(row) = claim.targets.iter_mut().find(|r| r.pod_name == pod) {
+        let failed = fail(row_to_status(row), failure);
+        *row = status_to_row(pod, &failed);
+    }
+}
+
+/// Records where a container's output was kept.
+pub fn record_output(status: &mut DebugSessionStatus, capture: &Capture, output: String) {
+    let records = if status.targets.is_empty() {
+        &mut status.containers
+    } else {
+        match status.targets.iter_mut().find(|r| r.pod_name == capture.pod) {
+            Some(row) => &mut row.containers,
+            None => return,
+        }
+    };
+    if let Some(record) = records.iter_mut().find(|r| r.name == capture.container) {
+        record.output = Some(output);
+    }
 }
 
 /// Checks what was read against the spec. The previous status only names the
@@ -664,12 +929,22 @@ pub fn requeue_after(session: &DebugSession, status: &DebugSessionStatus, now: T
         let left = deadline.duration_since(now);
         Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(100)
     };
+    let start_deadline = |records: &[DebugContainerStatus], attempt: i32| {
+        let record = records.iter().find(|c| c.attempt == attempt)?;
+        let injected_at = record.injected_at.as_ref().map_or(now, |t| t.0);
+        Some(until(injected_at + SignedDuration::from_secs(session.spec.start_timeout_seconds.into())))
+    };
+    // A fan-out waits for the earliest start deadline among its pods that wait.
+    if !status.targets.is_empty() && status.phase.is_some_and(|p| !p.is_finished()) {
+        return status
+            .targets
+            .iter()
+            .filter(|t| t.phase == Some(Phase::Injected))
+            .filter_map(|t| start_deadline(&t.containers, t.attempt))
+            .min();
+    }
     match status.phase? {
-        Phase::Injected => {
-            let record = status.containers.iter().find(|c| c.attempt == status.attempt)?;
-            let injected_at = record.injected_at.as_ref().map_or(now, |t| t.0);
-            Some(until(injected_at + SignedDuration::from_secs(session.spec.start_timeout_seconds.into())))
-        }
+        Phase::Injected => start_deadline(&status.containers, status.attempt),
         Phase::Terminated | Phase::Failed => ttl_deadline(session, status).map(until),
         Phase::Pending | Phase::Running => None,
     }

@@ -140,7 +140,7 @@ fn decide_on(session: &DebugSession, pod: Option<&Pod>, availability: Option<&Av
 
 fn injects(decision: &Decision) -> Option<&str> {
     match &decision.next {
-        Next::Inject { container, .. } => Some(container.name.as_str()),
+        Next::Inject(injections) => Some(injections[0].container.name.as_str()),
         _ => None,
     }
 }
@@ -310,7 +310,8 @@ fn a_forged_status_never_redirects_an_injection() {
     assert_eq!(crate::reads::reads_for(&s, false).pods, crate::reads::PodReads::Named("web".into()));
     let web = pod("Running", &[]);
     let decision = decide_on(&s, Some(&web), Some(&SERVED), 1);
-    let Next::Inject { pod: into, .. } = &decision.next else { panic!("{decision:?}") };
+    let Next::Inject(injections) = &decision.next else { panic!("{decision:?}") };
+    let into = &injections[0].pod;
     assert_eq!(into.metadata.name.as_deref(), Some("web"), "only the spec's pod");
     assert_eq!(decision.status.pod_name.as_deref(), Some("web"), "status corrected");
     assert_eq!(decision.status.pod_uid.as_deref(), Some("web-uid"));
@@ -651,12 +652,12 @@ fn a_terminated_container_with_capture_is_kept_once() {
     let decision = decide(&s, &observed);
     assert_eq!(
         decision.next,
-        Next::Capture {
+        Next::Capture(vec![Capture {
             pod: "web".into(),
             container: "debugger-abcde".into(),
             config_map: "s1-output-0".into(),
             max_bytes: 4096
-        },
+        }]),
         "capped by the platform"
     );
     // Once recorded, nothing more.
@@ -695,7 +696,8 @@ fn what_is_taken_from_the_target_is_shown() {
         VolumeMount { name: "creds".into(), mount_path: "/creds".into(), ..Default::default() },
     ]);
     let decision = decide_on(&s, Some(&p), Some(&SERVED), 0);
-    let Next::Inject { container, .. } = &decision.next else { panic!("{decision:?}") };
+    let Next::Inject(injections) = &decision.next else { panic!("{decision:?}") };
+    let container = &injections[0].container;
     let security = container.security_context.as_ref().unwrap();
     assert_eq!((security.run_as_user, security.run_as_group), (Some(1000), Some(3000)));
     let mounts: Vec<_> = container.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
@@ -710,4 +712,90 @@ fn what_is_taken_from_the_target_is_shown() {
     let refused = decide_on(&s, Some(&p), Some(&SERVED), 0).status;
     assert_eq!(refused.reason, Some(FailureReason::Invalid));
     assert!(refused.message.unwrap().contains("runAs: target"));
+}
+
+fn fan_out_session(attempt: i32, max_pods: i32, status: Option<DebugSessionStatus>) -> DebugSession {
+    session_for(
+        serde_json::json!({ "selector": { "matchLabels": { "app": "web" } }, "mode": "All", "maxPods": max_pods }),
+        attempt,
+        status,
+    )
+}
+
+fn decide_fan(session: &DebugSession, pods: &[Pod]) -> Decision {
+    let observed = Observed {
+        pods: PodView::Selected(pods),
+        availability: Some(&SERVED),
+        now: at(10),
+        policy: &NO_POLICY,
+        active: Default::default(),
+    };
+    decide(session, &observed)
+}
+
+fn injected_pods(decision: &Decision) -> Vec<String> {
+    match &decision.next {
+        Next::Inject(injections) => injections.iter().map(|i| i.pod.metadata.name.clone().unwrap()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_fan_out_picks_up_to_max_pods_and_says_why() {
+    let mut newest = named_pod("web-c", "Running", &[]);
+    newest.metadata.creation_timestamp = Some(Time(at(5)));
+    let pods = [named_pod("web-a", "Running", &[]), named_pod("web-b", "Running", &[]), newest];
+    let decision = decide_fan(&fan_out_session(0, 2, None), &pods);
+    assert_eq!(injected_pods(&decision), ["web-a", "web-c"], "newest first, then by name");
+    let status = &decision.status;
+    assert_eq!(status.phase, Some(Phase::Pending));
+    assert_eq!(status.targets.len(), 2);
+    assert!(
+        status.message.as_deref().unwrap().contains("3 Running pods match; target.maxPods is 2"),
+        "{:?}",
+        status.message
+    );
+    assert_eq!(status.target_counts.unwrap().total, 2);
+}
+
+#[test]
+fn a_fan_out_keeps_its_set_and_sums_up_its_pods() {
+    let pods = [
+        named_pod("web-a", "Running", &[("debugger-abcde", running())]),
+        named_pod("web-b", "Running", &[("debugger-abcde", terminated(0))]),
+        named_pod("web-new", "Running", &[]),
+    ];
+    let prior = DebugSessionStatus {
+        targets: ["web-a", "web-b"]
+            .map(|p| DebugTargetStatus { pod_name: p.into(), pod_uid: Some(format!("{p}-uid")), ..Default::default() })
+            .to_vec(),
+        ..Default::default()
+    };
+    let decision = decide_fan(&fan_out_session(0, 5, Some(prior)), &pods);
+    assert_eq!(decision.next, Next::Wait, "a pod that appeared later is not added");
+    let status = &decision.status;
+    assert_eq!(status.phase, Some(Phase::Running), "running while any runs");
+    let counts = status.target_counts.unwrap();
+    assert_eq!((counts.total, counts.running, counts.terminated), (2, 1, 1));
+    let rows: Vec<_> = status.targets.iter().map(|r| (r.pod_name.as_str(), r.phase)).collect();
+    assert_eq!(rows, [("web-a", Some(Phase::Running)), ("web-b", Some(Phase::Terminated))]);
+
+    // A raised attempt goes to every pod of the set, once each.
+    let mut raised = fan_out_session(1, 5, Some(status.clone()));
+    raised.status.as_mut().unwrap().targets[0].phase = Some(Phase::Terminated);
+    let pods = [
+        named_pod("web-a", "Running", &[("debugger-abcde", terminated(0))]),
+        named_pod("web-b", "Running", &[("debugger-abcde", terminated(0))]),
+        named_pod("web-new", "Running", &[]),
+    ];
+    let decision = decide_fan(&raised, &pods);
+    assert_eq!(injected_pods(&decision), ["web-a", "web-b"]);
+    let all_done = decide_fan(
+        &fan_out_session(0, 5, Some(status.clone())),
+        &[
+            named_pod("web-a", "Running", &[("debugger-abcde", terminated(1))]),
+            named_pod("web-b", "Running", &[("debugger-abcde", terminated(0))]),
+        ],
+    );
+    assert_eq!(all_done.status.phase, Some(Phase::Terminated), "Terminated once every pod's container ended");
 }

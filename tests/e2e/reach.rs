@@ -205,3 +205,55 @@ async fn captured_output_outlives_the_pod_and_marks_truncation() {
     let shown = String::from_utf8_lossy(&plugin.stdout);
     assert!(plugin.status.success() && shown.starts_with("1\n2\n") && shown.contains("[output truncated"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_probe_in_every_replica() {
+    let mut env = TestEnv::without_operator("fan-out", &[]).await;
+    let port = crate::common::free_port();
+    env.operator = Some(Operator::start_with_args(
+        &env.namespace,
+        &kubeconfig(),
+        "admin",
+        &format!("127.0.0.1:{port}"),
+        &["--max-capture-bytes=4096"],
+        "",
+    ));
+    for replica in ["web-0", "web-1", "web-2"] {
+        env.running_pod(replica, &["app"], &[("app", "web")]).await;
+    }
+    let every = |name: &str, max_pods: u32| {
+        format!(
+            "metadata: {{ name: {name} }}\nspec:\n  target: {{ selector: {{ matchLabels: {{ app: web }} }}, mode: All, maxPods: {max_pods} }}\n  image: {IMAGE}\n  imagePullPolicy: Never\n  command: [\"sh\", \"-c\", \"hostname; sleep 2\"]\n{ONE_SHOT}"
+        )
+    };
+    env.create_session(&every("probe", 3)).await;
+    let session = env.wait_phase("probe", Phase::Terminated).await;
+    let status = session.status.unwrap();
+    let counts = status.target_counts.unwrap();
+    assert_eq!((counts.total, counts.terminated, counts.failed), (3, 3, 0), "{:?}", status.message);
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.namespace);
+    for row in &status.targets {
+        assert_eq!(env.ephemeral_names(&row.pod_name).await.len(), 1, "{}", row.pod_name);
+        let kept = row.containers[0].output.clone().expect("one capture per pod");
+        let output = output(&config_maps.get(&kept).await.unwrap());
+        assert_eq!(output.trim(), row.pod_name, "each pod's own output");
+    }
+    let (_, wide) = crate::common::kubectl(&["get", "dbgs", "probe", "-n", &env.namespace, "-o", "wide"]);
+    assert!(wide.contains("PODS") && wide.contains("DONE"), "{wide}");
+
+    // Capped: two of the three, and the status says why.
+    env.create_session(&every("two", 2)).await;
+    let session = env.wait_phase("two", Phase::Terminated).await;
+    let status = session.status.unwrap();
+    assert_eq!(status.targets.len(), 2);
+    assert!(status.message.unwrap().contains("3 Running pods match; target.maxPods is 2"));
+
+    // One write to pods/ephemeralcontainers per pod per attempt.
+    let metrics = crate::common::scrape(port).await;
+    let writes = metrics
+        .lines()
+        .find(|l| l.starts_with("ephemera_api_requests_total") && l.contains("resource=\"pods/ephemeralcontainers\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(writes, Some(5.0), "{metrics}");
+}

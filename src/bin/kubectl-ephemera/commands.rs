@@ -77,7 +77,7 @@ pub async fn debug(cx: &Context, args: DebugArgs) -> Result<u8, Error> {
     let (command, arguments) = args.command_and_args();
     let seconds = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
     let spec = DebugSessionSpec {
-        target: Target { pod, selector, container: args.target_container.clone() },
+        target: Target { pod, selector, container: args.target_container.clone(), ..Default::default() },
         image: args.image.clone().unwrap_or_default(),
         image_pull_policy: args.image_pull_policy,
         command,
