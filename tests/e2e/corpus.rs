@@ -126,6 +126,37 @@ fn bad_specs() -> Vec<(&'static str, serde_json::Value, Answer)> {
         ("spec-too-big", spec(pod("web"), serde_json::json!({ "args": vec![long(4000); 12] })), Fails(R::Invalid)),
         ("unknown-field", spec(pod("web"), serde_json::json!({ "privileged": true })), Refused),
         ("stdin-string", spec(pod("web"), serde_json::json!({ "stdin": "yes" })), Refused),
+        ("custom-image", spec(pod("web"), serde_json::json!({ "custom": { "image": "evil" } })), Refused),
+        ("custom-command", spec(pod("web"), serde_json::json!({ "custom": { "command": ["sh"] } })), Refused),
+        ("custom-unknown", spec(pod("web"), serde_json::json!({ "custom": { "resources": {} } })), Refused),
+        ("run-as-root", spec(pod("web"), serde_json::json!({ "runAs": "root" })), Refused),
+        ("run-as-unknown-user", spec(pod("web"), serde_json::json!({ "runAs": "target" })), Fails(R::Invalid)),
+        ("mounts-from-nowhere", spec(pod("web"), serde_json::json!({ "volumeMounts": "everything" })), Refused),
+        ("capture-zero", spec(pod("web"), serde_json::json!({ "captureOutput": { "maxBytes": 0 } })), Refused),
+        ("capture-huge", spec(pod("web"), serde_json::json!({ "captureOutput": { "maxBytes": 10_000_000 } })), Refused),
+        (
+            "fan-out-by-name",
+            spec(serde_json::json!({ "pod": "web", "mode": "All", "maxPods": 2 }), none.clone()),
+            Refused,
+        ),
+        (
+            "fan-out-unbounded",
+            spec(serde_json::json!({ "selector": { "matchLabels": { "app": "web" } }, "mode": "All" }), none.clone()),
+            Refused,
+        ),
+        (
+            "fan-out-zero",
+            spec(
+                serde_json::json!({ "selector": { "matchLabels": { "app": "web" } }, "mode": "All", "maxPods": 0 }),
+                none.clone(),
+            ),
+            Refused,
+        ),
+        (
+            "fan-out-mode-unknown",
+            spec(serde_json::json!({ "selector": { "matchLabels": { "app": "web" } }, "mode": "Some" }), none.clone()),
+            Refused,
+        ),
         ("no-such-pod", spec(pod("nope"), none.clone()), Fails(R::TargetNotFound)),
         ("no-matching-pod", spec(labels("app", "nothing"), none.clone()), Fails(R::TargetNotFound)),
         ("pod-not-running", spec(pod("pending"), none.clone()), Fails(R::TargetNotRunning)),
@@ -141,6 +172,11 @@ fn bad_statuses() -> Vec<(&'static str, serde_json::Value)> {
         ("status-exit-code-string", serde_json::json!({ "exitCode": "three" })),
         ("status-containers-bad", serde_json::json!({ "containers": [{ "name": 5 }] })),
         ("status-observed-negative", serde_json::json!({ "observedGeneration": -1 })),
+        ("status-targets-bad", serde_json::json!({ "targets": [{ "podName": 7 }] })),
+        (
+            "status-counts-negative",
+            serde_json::json!({ "targetCounts": { "total": -1, "pending": 0, "running": 0, "terminated": 0, "failed": 0 } }),
+        ),
     ]
 }
 
