@@ -434,11 +434,7 @@ async fn read(ctx: &Context, pods: &Api<Pod>, reads: &Reads, fresh: bool) -> Res
         PodReads::None => (None, None),
         PodReads::Named(name) => {
             let namespace = pods.namespace().unwrap_or_default().to_string();
-            let pod = if fresh {
-                ctx.pods.get_fresh(pods, &namespace, name, &ctx.metrics).await?
-            } else {
-                ctx.pods.get(pods, &namespace, name, &ctx.metrics).await?
-            };
+            let pod = ctx.pods.read(pods, &namespace, name, &ctx.metrics, fresh).await?;
             (Some(name.clone()), Some(pod.into_iter().collect()))
         }
         PodReads::Selected(selector) => {

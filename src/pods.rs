@@ -55,28 +55,8 @@ impl PodReader {
 
     /// The pod as the watch last reported it: from memory when it was read at
     /// that version already, else read (once, for all who ask at the same time).
-    pub async fn get(
-        &self,
-        api: &Api<Pod>,
-        namespace: &str,
-        name: &str,
-        metrics: &Metrics,
-    ) -> Result<Option<Pod>, kube::Error> {
-        self.read(api, namespace, name, metrics, false).await
-    }
-
-    /// The pod as the API server has it now (after a write met a pod that had changed).
-    pub async fn get_fresh(
-        &self,
-        api: &Api<Pod>,
-        namespace: &str,
-        name: &str,
-        metrics: &Metrics,
-    ) -> Result<Option<Pod>, kube::Error> {
-        self.read(api, namespace, name, metrics, true).await
-    }
-
-    async fn read(
+    /// `fresh` always asks the API server (after a write met a pod that had changed).
+    pub async fn read(
         &self,
         api: &Api<Pod>,
         namespace: &str,
@@ -152,21 +132,35 @@ mod tests {
         let metrics = Metrics::new();
         reader.saw("ns", "web", Some("1"));
         for _ in 0..5 {
-            let read = reader.get(&api, "ns", "web", &metrics).await.unwrap().unwrap();
+            let read = reader.read(&api, "ns", "web", &metrics, false).await.unwrap().unwrap();
             assert_eq!(read.metadata.resource_version.as_deref(), Some("1"));
         }
         reader.saw("ns", "web", Some("2"));
         assert_eq!(
-            reader.get(&api, "ns", "web", &metrics).await.unwrap().unwrap().metadata.resource_version.as_deref(),
+            reader
+                .read(&api, "ns", "web", &metrics, false)
+                .await
+                .unwrap()
+                .unwrap()
+                .metadata
+                .resource_version
+                .as_deref(),
             Some("2")
         );
         assert_eq!(
-            reader.get(&api, "ns", "web", &metrics).await.unwrap().unwrap().metadata.resource_version.as_deref(),
+            reader
+                .read(&api, "ns", "web", &metrics, false)
+                .await
+                .unwrap()
+                .unwrap()
+                .metadata
+                .resource_version
+                .as_deref(),
             Some("2")
         );
         // A fresh read always asks.
         assert_eq!(
-            reader.get_fresh(&api, "ns", "web", &metrics).await.unwrap().unwrap().metadata.resource_version.as_deref(),
+            reader.read(&api, "ns", "web", &metrics, true).await.unwrap().unwrap().metadata.resource_version.as_deref(),
             Some("3")
         );
         reader.forget("ns", "web");

@@ -325,6 +325,18 @@ impl TestEnv {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Adds the debug container of `session`'s attempt 0 to `pod` by hand, as the
+    /// operator would have (target container `app`); returns its name.
+    pub async fn inject_as(&self, session: &DebugSession, pod: &str) -> String {
+        let target = self.pods.get(pod).await.unwrap();
+        let uid = session.metadata.uid.as_deref().unwrap();
+        let name = ephemera::debug_container::default_name_candidates(uid)[0].clone();
+        let container = ephemera::debug_container::build_ephemeral_container(session, &name, "app", 0);
+        let shape = ephemera::ephemeral_api::ApiShape::PodSubresource;
+        ephemera::ephemeral_api::add_ephemeral_container(&self.client, shape, &target, &container).await.unwrap();
+        name
+    }
+
     /// Names of the pod's ephemeral containers, in order.
     pub async fn ephemeral_names(&self, pod: &str) -> Vec<String> {
         let pod = self.pods.get(pod).await.unwrap();

@@ -298,17 +298,7 @@ spec:
         .await;
     // What an operator that crashed right after its patch leaves behind: the
     // container in the pod, no status on the session.
-    let pod = env.pods.get("web").await.unwrap();
-    let name = ephemera::debug_container::default_name_candidates(session.metadata.uid.as_deref().unwrap())[0].clone();
-    let container = ephemera::debug_container::build_ephemeral_container(&session, &name, "app", 0);
-    ephemera::ephemeral_api::add_ephemeral_container(
-        &env.client,
-        ephemera::ephemeral_api::ApiShape::PodSubresource,
-        &pod,
-        &container,
-    )
-    .await
-    .unwrap();
+    let name = env.inject_as(&session, "web").await;
     env.start_operator("admin");
     let session = env.wait_phase("crashed", Phase::Running).await;
     assert_eq!(session.status.unwrap().container_name.as_deref(), Some(name.as_str()));

@@ -105,17 +105,7 @@ async fn the_plugin_never_runs_a_command_from_the_status() {
     assert!(!record.exists(), "kubectl must not have run");
 
     // The real container of the session: kubectl gets arguments built from names, not the forged line.
-    let pod = env.pods.get("web").await.unwrap();
-    let name = ephemera::debug_container::default_name_candidates(session.uid().as_deref().unwrap())[0].clone();
-    let container = ephemera::debug_container::build_ephemeral_container(&session, &name, "app", 0);
-    ephemera::ephemeral_api::add_ephemeral_container(
-        &env.client,
-        ephemera::ephemeral_api::ApiShape::PodSubresource,
-        &pod,
-        &container,
-    )
-    .await
-    .unwrap();
+    let name = env.inject_as(&session, "web").await;
     forge_status(&env.sessions, "s", forged(&name)).await.unwrap();
     let output = plugin(&env.namespace);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
