@@ -452,4 +452,8 @@ fi
 section "other clusters"
 others_after=$(others_snapshot)
 note "before:" "${others_before:-(none)}" "after:" "${others_after:-(none)}"
-check "other clusters' claims and PIDs are unchanged" test "$others_before" = "$others_after"
+# Clusters started meanwhile (CI runs the e2e lane next to this one) are not ours to judge;
+# every claim and PID that existed before must still be there, unchanged.
+others_lost=$(comm -23 <(sort <<<"$others_before") <(sort <<<"$others_after") | sed '/^$/d')
+note "lost or changed:" "${others_lost:-(none)}"
+check "other clusters' claims and PIDs are unchanged" test -z "$others_lost"
