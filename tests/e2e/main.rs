@@ -10,6 +10,8 @@ mod in_cluster;
 mod interactive;
 mod leader;
 mod plugin;
+#[allow(dead_code)] // shared with benches/ephemera, which uses the rest of it
+mod proxy;
 mod trust;
 
 use std::time::Duration;
