@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build crds manifests check-generated test unit-test e2e-test demo demo-stop demo-check lint bench
+.PHONY: build crds manifests check-generated test unit-test e2e-test demo demo-stop demo-check lint bench bench-long bench-smoke
 
 build:
 	$(CARGO) build --release --locked
@@ -44,7 +44,7 @@ unit-test:
 
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, the end-to-end tests
 # (which start the cluster through tests/cluster/up.sh themselves) and the demo.
-test: lint unit-test cluster-test e2e-test demo-check
+test: lint unit-test cluster-test e2e-test bench-smoke demo-check
 
 # The run is bounded (it normally takes under a minute): a wedged cluster fails the
 # target instead of eating CI's whole time budget.
@@ -70,6 +70,17 @@ demo-stop:
 demo-check: demo
 	$(MAKE) demo-stop
 
-# Benchmark (not a test): operator memory with 10,000 unrelated pods on the local cluster.
+# The benchmark (not a test): ephemera against `kubectl debug` on the local cluster, request
+# counts, idle traffic, memory and connections with 1,000 sessions and 10,000 unrelated pods.
+# Writes docs/benchmarks.md and its plots. BENCH_ARGS="--help" lists the knobs.
 bench: cluster-up
-	$(CARGO) bench --locked --bench unrelated_pods
+	$(CARGO) bench --locked --bench ephemera -- $(BENCH_ARGS)
+
+# The same, with 30 minutes of idle traffic.
+bench-long: cluster-up
+	$(CARGO) bench --locked --bench ephemera -- --long $(BENCH_ARGS)
+
+# A few sessions of every scenario (debug build, no 10,000 pods, figures not asserted),
+# so that the benchmark keeps working; part of make test. Report in target/bench-smoke/.
+bench-smoke:
+	timeout --kill-after=30s 5m $(CARGO) test --locked --bench ephemera -- --smoke
