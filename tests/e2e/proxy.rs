@@ -97,9 +97,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Sends `request` on to the API server through `client` and returns its
 /// answer (in HTTP/1.1, whatever the upstream connection speaks). A watch
-/// streams through as it comes.
+/// streams through as it comes; any other answer is read whole first and
+/// sent on in one piece, as the API server sends it.
 pub async fn send_upstream(client: &kube::Client, request: Request) -> Result<Response, BoxError> {
     let (mut parts, body) = request.into_parts();
+    let watch = parts.uri.query().unwrap_or_default().split('&').any(|p| p == "watch=true" || p == "watch=1");
     parts.headers.remove(http::header::HOST);
     parts.version = http::Version::default();
     let body = axum::body::to_bytes(body, usize::MAX).await?;
@@ -109,7 +111,12 @@ pub async fn send_upstream(client: &kube::Client, request: Request) -> Result<Re
     for header in [http::header::CONNECTION, http::header::TRANSFER_ENCODING] {
         parts.headers.remove(header);
     }
-    Ok(Response::from_parts(parts, Body::new(body)))
+    if watch {
+        return Ok(Response::from_parts(parts, Body::new(body)));
+    }
+    let whole = body.collect_bytes().await?;
+    parts.headers.insert(http::header::CONTENT_LENGTH, whole.len().into());
+    Ok(Response::from_parts(parts, Body::from(whole)))
 }
 
 #[derive(Clone)]
@@ -142,9 +149,15 @@ async fn pass_through(State(proxy): State<PassThrough>, request: Request) -> Res
 }
 
 /// Serves `app` on a free loopback port, in the background; returns the port.
+/// Its sockets send at once (TCP_NODELAY), as the API server's do (Go sets it
+/// on every connection): a small write must not wait for a delayed ACK.
 pub async fn serve_on_loopback(app: axum::Router) -> u16 {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
     let port = listener.local_addr().unwrap().port();
+    let listener = listener.tap_io(|socket| {
+        let _ = socket.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve the proxy") });
     port
 }
