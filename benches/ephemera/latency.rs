@@ -82,6 +82,8 @@ pub struct ScenarioResult {
     /// Load average (1 min) at the start and at the end.
     pub load: (f64, f64),
     pub path: CriticalPath,
+    /// The most connections the operator had open at once.
+    pub connections_max: usize,
 }
 
 /// Requests per session against sessions per pod.
@@ -127,6 +129,10 @@ pub struct Latency<'a> {
     kubeconfigs: Vec<PathBuf>,
     /// Pods created and not deleted yet.
     created: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The operator's open connections (to its proxy: one per request in flight, as to the
+    /// API server, since it speaks HTTP/1.1 either way), sampled every 100 ms.
+    connections: Arc<std::sync::Mutex<Vec<(Instant, usize)>>>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 pub fn load_average() -> f64 {
@@ -145,6 +151,15 @@ impl<'a> Latency<'a> {
         let (floor, floor_kubeconfig) = client_through(floor_port, "floor").await;
         let mut operator = OperatorProcess::spawn(NAMESPACE, &operator_kubeconfig, None, "latency", &[]);
         operator.wait_ready(Duration::from_secs(60)).await.expect("the operator became ready");
+        let connections: Arc<std::sync::Mutex<Vec<(Instant, usize)>>> = Arc::default();
+        let (samples, pid) = (connections.clone(), operator.pid());
+        let sampler = tokio::spawn(async move {
+            loop {
+                let open = crate::cluster::connections_to(pid, operator_port);
+                samples.lock().unwrap().push((Instant::now(), open));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
         Latency {
             bench,
             plan: plan.clone(),
@@ -155,7 +170,15 @@ impl<'a> Latency<'a> {
             floor_log,
             kubeconfigs: vec![operator_kubeconfig, floor_kubeconfig],
             created: Default::default(),
+            connections,
+            sampler,
         }
+    }
+
+    /// The most connections the operator had open since `from`.
+    fn connections_since(&self, from: Instant) -> usize {
+        let samples = self.connections.lock().unwrap();
+        samples.iter().filter(|(at, _)| *at >= from).map(|(_, n)| *n).max().unwrap_or(0)
     }
 
     /// The pods of these scenarios, created all at once when they are few (a smoke run),
@@ -335,6 +358,7 @@ impl<'a> Latency<'a> {
             seconds: (end - window.at).as_secs_f64(),
             load: (window.load, load_average()),
             path,
+            connections_max: self.connections_since(window.at),
         };
         crate::report::print_scenario(&result);
         result
@@ -472,6 +496,7 @@ impl<'a> Latency<'a> {
 
     /// Stops the operator and removes the namespace (unless kept).
     pub async fn finish(mut self, keep: bool) {
+        self.sampler.abort();
         self.operator.kill();
         self.timeline.stop();
         for path in &self.kubeconfigs {

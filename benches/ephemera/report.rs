@@ -274,15 +274,15 @@ fn per(count: usize, of: usize) -> String {
 
 fn cost_table(scenarios: &[ScenarioResult]) -> String {
     let mut out = String::from("## Cost: the operator's requests (floor: 2 per container)\n\n");
-    out += "| scenario | sessions | requests / session (floor / container) | without events | pod reads / session | subresource writes / container | status writes / session (max) | pod reads / pod event | 409 / 422 answers | reconciler requests / session (its /metrics) |\n";
-    out += "|---|---|---|---|---|---|---|---|---|---|\n";
+    out += "| scenario | sessions | requests / session (floor / container) | without events | pod reads / session | subresource writes / container | status writes / session (max) | pod reads / pod event | 409 / 422 answers | reconciler requests / session (its /metrics) | connections, most |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for s in scenarios {
         let op = &s.operator;
         let writes: Vec<usize> = op.status_writes.values().copied().collect();
         let max_writes = writes.iter().max().copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}) | {} | {} | {} | {} ({max_writes}) | {} ({} / {}) | {} / {} | {} |",
+            "| {} | {} | {} ({}) | {} | {} | {} | {} ({max_writes}) | {} ({} / {}) | {} / {} | {} | {} |",
             s.title,
             s.sessions,
             per(op.requests(), s.sessions),
@@ -297,6 +297,7 @@ fn cost_table(scenarios: &[ScenarioResult]) -> String {
             op.conflicts,
             op.refusals,
             per(s.metrics.sum("ephemera_api_requests_total") as usize, s.sessions),
+            s.connections_max,
         );
     }
     out
@@ -477,7 +478,14 @@ fn latency_plot(path: &Path, scenarios: &[ScenarioResult]) -> Result<(), Box<dyn
             .x_label_area_size(32)
             .y_label_area_size(40)
             .build_cartesian_2d((lo..hi).log_scale(), 0f64..1f64)?;
-        chart.configure_mesh().x_desc("ms (log)").y_desc("fraction").x_labels(8).y_labels(5).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("ms (log)")
+            .y_desc("fraction")
+            .x_labels(8)
+            .y_labels(5)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .draw()?;
         for (name, data, color) in [("ephemera", &e, EPHEMERA), ("floor (kubectl debug)", &f, FLOOR)] {
             let points: Vec<(f64, f64)> = cdf(data).into_iter().map(|(x, y)| (x.max(1.0), y)).collect();
             chart
@@ -487,7 +495,7 @@ fn latency_plot(path: &Path, scenarios: &[ScenarioResult]) -> Result<(), Box<dyn
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
@@ -507,14 +515,21 @@ fn per_pod_plot(path: &Path, per_pod: &PerPod, floor: Option<f64>) -> Result<(),
         .map(|p| (p.k as f64, p.operator.pod_reads() as f64 / p.sessions.max(1) as f64))
         .collect();
     let max_k = once.iter().chain(added.iter()).map(|p| p.0).fold(1.0, f64::max);
-    let max_y = once.iter().chain(added.iter()).map(|p| p.1).fold(floor.unwrap_or(2.0), f64::max) * 1.15;
+    // Room above the lines for the legend.
+    let max_y = once.iter().chain(added.iter()).map(|p| p.1).fold(floor.unwrap_or(2.0), f64::max) * 1.6;
     let mut chart = ChartBuilder::on(&root)
         .caption("Requests per session against sessions per pod", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(48)
         .build_cartesian_2d(0f64..max_k + 1.0, 0f64..max_y)?;
-    chart.configure_mesh().x_desc("sessions on one pod (k)").y_desc("requests per session").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("sessions on one pod (k)")
+        .y_desc("requests per session")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
     let series = [
         ("k at once: requests per session, whole life", once, EPHEMERA),
         ("k at once: pod reads per session", once_reads, RGBColor(44, 160, 44)),

@@ -225,12 +225,17 @@ pub fn summarize_body(body: &str) -> String {
     body.chars().take(120).collect()
 }
 
-/// The request log of a window, one line per request, times from `from`.
+/// The request log of a window, one line per request, times from `from`
+/// (whole bodies with EPHEMERA_BENCH_BODIES set).
 pub fn dump(log: &[Logged], from: std::time::Instant) -> String {
     let mut out = String::new();
     for entry in log {
         let at = entry.at.saturating_duration_since(from).as_secs_f64();
-        let body = if entry.body.is_empty() { String::new() } else { format!("  {}", summarize_body(&entry.body)) };
+        let body = match (entry.body.is_empty(), std::env::var_os("EPHEMERA_BENCH_BODIES").is_some()) {
+            (true, _) => String::new(),
+            (false, false) => format!("  {}", summarize_body(&entry.body)),
+            (false, true) => format!("  {}", entry.body),
+        };
         out += &format!("{at:>9.3} s  {} {:<6} {}{body}\n", entry.status, entry.method, entry.path);
     }
     out
