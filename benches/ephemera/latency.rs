@@ -374,6 +374,7 @@ impl<'a> Latency<'a> {
         let mut trials = Vec::new();
         for i in 0..n {
             for who in Who::order(i) {
+                tokio::time::sleep(kubelet_phase()).await;
                 let name = format!("q{n}-{}-{i:03}", who.letter());
                 let trial = self.start_trial(who, name, pods[i % pods.len()].clone(), self.plan.hold_secs).await;
                 self.wait_running(std::slice::from_ref(&trial), Duration::from_secs(120)).await;
@@ -441,6 +442,7 @@ impl<'a> Latency<'a> {
             for who in Who::order(round) {
                 self.warm_clients(size).await;
                 self.quiesce(Duration::from_millis(300), Duration::from_secs(10)).await;
+                tokio::time::sleep(kubelet_phase()).await;
                 let targets: Vec<(String, String)> = (0..size)
                     .map(|j| (format!("{prefix}{round}-{}-{j:03}", who.letter()), target(round, who, j)))
                     .collect();
@@ -506,6 +508,19 @@ impl<'a> Latency<'a> {
             self.bench.remove_namespace(NAMESPACE, false).await;
         }
     }
+}
+
+/// A random wait of up to a second before a trial. The kubelet notices a
+/// started container when it next lists them (every second), and a trial that
+/// starts right after the previous one was seen running would otherwise start
+/// at the same point of that cycle every time: ephemera's trials (which wait
+/// for the session's own status too) at another point than the floor's.
+fn kubelet_phase() -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    Duration::from_millis(hasher.finish() % 1000)
 }
 
 fn pod_names(prefix: &str, count: usize) -> Vec<String> {

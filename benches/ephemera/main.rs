@@ -147,14 +147,14 @@ impl Plan {
             once_rounds: pick(args.once_rounds, 1, 1),
             hot: pick(args.hot, 20, 3),
             hot_rounds: pick(args.hot_rounds, 3, 1),
-            per_pod: args.per_pod.clone().unwrap_or(if smoke { vec![1, 2] } else { vec![1, 2, 5, 10, 20] }),
+            per_pod: args.per_pod.clone().unwrap_or(if smoke { vec![2] } else { vec![1, 2, 5, 10, 20] }),
             scale_sessions: pick(args.scale_sessions, 1000, 3),
             scale_pods: pick(args.scale_pods, 25, 1),
             unrelated_pods: pick(args.unrelated_pods, 10_000, 10),
             idle_secs: args.idle_secs.unwrap_or(if args.long {
                 1800
             } else if smoke {
-                5
+                3
             } else {
                 180
             }),

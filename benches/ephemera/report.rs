@@ -306,7 +306,21 @@ fn cost_table(scenarios: &[ScenarioResult]) -> String {
 fn request_lists(scenarios: &[ScenarioResult]) -> String {
     let mut out = String::from("### Requests by verb and resource\n\n");
     for s in scenarios {
-        let _ = writeln!(out, "- {}: operator: {}; floor: {}", s.title, s.operator.describe(), s.floor.describe());
+        let metrics: Vec<String> = s
+            .metrics
+            .0
+            .iter()
+            .filter(|(k, _)| !k.starts_with("ephemera_api_requests_total"))
+            .map(|(k, v)| format!("{} {v}", k.trim_start_matches("ephemera_")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- {}: operator: {}; floor: {}; the operator's /metrics: {}",
+            s.title,
+            s.operator.describe(),
+            s.floor.describe(),
+            metrics.join(", ")
+        );
     }
     out
 }
