@@ -174,6 +174,13 @@ impl OperatorProcess {
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file);
+        // Extra environment for the operator, e.g. EPHEMERA_BENCH_OPERATOR_ENV="MALLOC_ARENA_MAX=2 RUST_LOG=debug".
+        let extra_env = std::env::var("EPHEMERA_BENCH_OPERATOR_ENV").unwrap_or_default();
+        for pair in extra_env.split_whitespace() {
+            if let Some((key, value)) = pair.split_once('=') {
+                command.env(key, value);
+            }
+        }
         match context {
             Some(context) => command.env("EPHEMERA_KUBE_CONTEXT", context),
             None => command.env_remove("EPHEMERA_KUBE_CONTEXT"),

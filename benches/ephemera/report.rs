@@ -433,6 +433,9 @@ fn scale_tables(scale: &ScaleResult) -> String {
             "| **all but watches and the lease** | **{others}** | {:.0} |",
             others as f64 / idle.seconds * 3600.0
         );
+        if idle.idle.get("list debugsessions") + idle.idle.get("list pods") > 0 {
+            out += "\nA `list` while idle is a watch listing again after the API server expired it (\"too old resource version\"), as it does for every watch of a custom resource when its CRD changes: on a shared cluster, other tests applying the CRD (target/bench-logs/scale-idle.log has the warnings).\n";
+        }
     }
     out
 }
