@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build image image-import crds manifests check-generated test unit-test build-tests suites e2e-test versions-test matrix-test demo demo-stop demo-check lint bench
+.PHONY: build image image-import crds manifests check-generated test unit-test build-tests suites e2e-test versions-test matrix-test demo demo-stop demo-check lint bench bench-long bench-smoke e2e-lane
 
 build:
 	$(CARGO) build --release --locked
@@ -55,17 +55,22 @@ unit-test: $(HELM)
 
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, then two lanes at
 # once: the end-to-end tests on the main cluster (which they start through tests/cluster/up.sh
-# themselves), and the old Kubernetes versions on clusters of their own (harness acceptance, then
-# ephemera's version matrix); then the demo. Every binary is built before the lanes start, so
-# that no build slows a lane down.
+# themselves) followed by the benchmark's smoke run, and the old Kubernetes versions on clusters
+# of their own (harness acceptance, then ephemera's version matrix); then the demo. Every binary
+# is built before the lanes start, so that no build slows a lane down.
 test: lint unit-test cluster-test cluster-deps-versions build-tests suites demo-check
 
 suites:
-	$(MAKE) -j2 --output-sync=target e2e-test versions-test
+	$(MAKE) -j2 --output-sync=target e2e-lane versions-test
+
+# One after the other: both use the main cluster.
+e2e-lane:
+	$(MAKE) e2e-test
+	$(MAKE) bench-smoke
 
 build-tests: $(HELM) image
 	$(CARGO) build --locked
-	$(CARGO) test --locked --test e2e --test exclusive --test matrix --no-run
+	$(CARGO) test --locked --test e2e --test exclusive --test matrix --bench ephemera --no-run
 
 # The run is bounded (it normally takes under a minute): a wedged cluster fails the
 # target instead of eating CI's whole time budget.
@@ -98,6 +103,17 @@ demo-stop:
 demo-check: demo
 	$(MAKE) demo-stop
 
-# Benchmark (not a test): operator memory with 10,000 unrelated pods on the local cluster.
+# The benchmark (not a test): ephemera against `kubectl debug` on the local cluster, request
+# counts, idle traffic, memory and connections with 1,000 sessions and 10,000 unrelated pods.
+# Writes docs/benchmarks.md and its plots. BENCH_ARGS="--help" lists the knobs.
 bench: cluster-up
-	$(CARGO) bench --locked --bench unrelated_pods
+	$(CARGO) bench --locked --bench ephemera -- $(BENCH_ARGS)
+
+# The same, with 30 minutes of idle traffic.
+bench-long: cluster-up
+	$(CARGO) bench --locked --bench ephemera -- --long $(BENCH_ARGS)
+
+# A few sessions of every scenario (debug build, no 10,000 pods, figures not asserted),
+# so that the benchmark keeps working; part of make test. Report in target/bench-smoke/.
+bench-smoke:
+	timeout --kill-after=30s 5m $(CARGO) test --locked --bench ephemera -- --smoke

@@ -3,10 +3,12 @@
 //! 1.34 always serves ephemeral containers (the feature gate was removed in
 //! 1.27) and no older API server can be built here. So the operator talks to
 //! the real 1.34 API server through a loopback proxy that changes exactly one
-//! thing, by [`Mode`]; everything else passes through unchanged.
+//! thing, by [`Mode`]; everything else passes through unchanged, and every
+//! request is recorded (the proxy's plumbing is shared with the benchmark:
+//! [`crate::proxy`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,6 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 use crate::common::{Operator, TestEnv, kubectl};
+use crate::proxy::{RequestLog, send_upstream, serve_on_loopback, write_kubeconfig};
 
 #[derive(Clone, Copy)]
 pub enum Mode {
@@ -48,24 +51,19 @@ pub struct Proxy {
     client: kube::Client,
     mode: Mode,
     rival_added: Arc<AtomicBool>,
-    /// Every request the operator sent: method, path and query.
-    pub requests: Arc<Mutex<Vec<(http::Method, String)>>>,
+    /// Every request the operator sent.
+    pub requests: RequestLog,
 }
 
 impl Proxy {
     /// Requests whose method is `method` and whose path ends with `suffix` (query left out).
     pub fn count(&self, method: &http::Method, suffix: &str) -> usize {
-        let requests = self.requests.lock().unwrap();
-        requests
-            .iter()
-            .filter(|(m, p)| m == method && p.split('?').next().unwrap_or_default().ends_with(suffix))
-            .count()
+        self.requests.count(method, suffix)
     }
 
     /// Everything but watches.
     pub fn non_watch_requests(&self) -> Vec<(http::Method, String)> {
-        let requests = self.requests.lock().unwrap();
-        requests.iter().filter(|(_, p)| !p.contains("watch=true")).cloned().collect()
+        self.requests.non_watch()
     }
 }
 
@@ -84,7 +82,7 @@ fn failure(code: http::StatusCode, reason: &str, message: &str) -> Response {
     (code, status.to_string()).into_response()
 }
 
-async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, Box<dyn std::error::Error>> {
+async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::proxy::BoxError> {
     let Proxy { client, mode, rival_added, requests } = proxy;
     let path = request.uri().path().to_string();
     let watch = request.uri().query().unwrap_or_default().contains("watch");
@@ -103,7 +101,7 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, Box<dyn
         _ => {}
     }
     let path_and_query = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-    requests.lock().unwrap().push((request.method().clone(), path_and_query));
+    let logged = requests.start(request.method(), &path_and_query);
     let write = request.method() != http::Method::GET;
     if let Some(pod_path) = path.strip_suffix("/ephemeralcontainers") {
         // /api/v1/namespaces/NS/pods/NAME
@@ -135,26 +133,18 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, Box<dyn
             _ => {}
         }
     }
-    let (mut parts, body) = request.into_parts();
-    parts.headers.remove(http::header::HOST);
-    parts.version = http::Version::default();
-    let body = axum::body::to_bytes(body, usize::MAX).await?;
-    let upstream = http::Request::from_parts(parts, kube::client::Body::from(body.to_vec()));
-    let (mut parts, body) = client.send(upstream).await?.into_parts();
-    // The upstream connection may be HTTP/2; we answer in HTTP/1.1.
-    parts.version = http::Version::HTTP_11;
-    for header in [http::header::CONNECTION, http::header::TRANSFER_ENCODING] {
-        parts.headers.remove(header);
-    }
+    let response = send_upstream(&client, request).await?;
+    requests.answered(logged, response.status().as_u16());
     if path == "/api/v1" && matches!(mode, Mode::GateOff) {
-        let mut list: serde_json::Value = serde_json::from_slice(&body.collect_bytes().await?)?;
+        let (mut parts, body) = response.into_parts();
+        let mut list: serde_json::Value = serde_json::from_slice(&axum::body::to_bytes(body, usize::MAX).await?)?;
         if let Some(resources) = list["resources"].as_array_mut() {
             resources.retain(|r| r["name"] != "pods/ephemeralcontainers");
         }
         parts.headers.remove(http::header::CONTENT_LENGTH);
         return Ok(Response::from_parts(parts, Body::from(list.to_string())));
     }
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Ok(response)
 }
 
 /// An operator for `env`'s namespace that sees the cluster through a proxy in `mode`.
@@ -169,16 +159,11 @@ pub async fn start_operator_behind_proxy_with_metrics(env: &mut TestEnv, mode: M
 
 async fn start_operator_behind_proxy_on(env: &mut TestEnv, mode: Mode, metrics_addr: &str) -> Proxy {
     let client = crate::common::client_for("admin").await;
-    let proxy = Proxy { client, mode, rival_added: Arc::default(), requests: Arc::default() };
+    let proxy = Proxy { client, mode, rival_added: Arc::default(), requests: RequestLog::default() };
     let app = axum::Router::new().fallback(forward).with_state(proxy.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let port = serve_on_loopback(app).await;
     let kubeconfig = std::env::temp_dir().join(format!("{}-proxy.kubeconfig", env.namespace));
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: anyone\n  user: {{}}\ncontexts:\n- name: proxy\n  context:\n    cluster: proxy\n    user: anyone\ncurrent-context: proxy\n"
-    );
-    std::fs::write(&kubeconfig, yaml).unwrap();
+    write_kubeconfig(&kubeconfig, port);
     env.operator = Some(Operator::start_with_kubeconfig(&env.namespace, &kubeconfig, "proxy", metrics_addr));
     proxy
 }

@@ -88,7 +88,7 @@ pub async fn client_for(context: &str) -> Client {
 }
 
 /// Installs the CRD from crds/ (server-side apply) and waits until it is served.
-async fn install_crd(client: &Client) {
+pub async fn install_crd(client: &Client) {
     let yaml = std::fs::read_to_string(repo_root().join("crds/debugsession.yaml")).unwrap();
     let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());

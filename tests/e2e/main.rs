@@ -16,6 +16,8 @@ mod markdown;
 mod personas;
 mod plugin;
 mod pod_security;
+#[allow(dead_code)] // shared with benches/ephemera, which uses the rest of it
+mod proxy;
 mod reach;
 mod security;
 mod terminal;
