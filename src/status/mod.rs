@@ -246,6 +246,12 @@ fn resolve<'a>(session: &DebugSession, prior: &DebugSessionStatus, pods: PodView
     // The record of earlier injections, if it can be true: a by-name session only ever had that pod.
     let consistent = target.pod.is_none() || prior.pod_name == target.pod;
     let injected_before = consistent && !prior.containers.is_empty();
+    // The claim of this attempt named a pod: a by-name session adds nothing to another pod of that name.
+    let claimed = consistent
+        && target.pod.is_some()
+        && prior.phase == Some(Phase::Pending)
+        && prior.attempt == session.spec.attempt
+        && prior.pod_uid.is_some();
     let replaced = |pod: &Pod| {
         let name = pod_name(pod);
         format!("pod {name} was replaced by a new pod of the same name; the debug containers went with the old one")
@@ -263,6 +269,14 @@ fn resolve<'a>(session: &DebugSession, prior: &DebugSessionStatus, pods: PodView
                 Resolved::Pod(pod)
             } else if injected_before && !same_pod {
                 Resolved::Gone(replaced(pod))
+            } else if claimed && !same_pod {
+                Resolved::Missing(Failure::new(
+                    FailureReason::TargetNotFound,
+                    format!(
+                        "pod {} was deleted before the debug container was added, and a new pod of the same name took its place; nothing is added to the new pod within an attempt",
+                        pod_name(pod)
+                    ),
+                ))
             } else if satisfies(pod, target) {
                 Resolved::Pod(pod)
             } else {
