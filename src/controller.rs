@@ -773,12 +773,14 @@ fn stale_crd_advice(error: &Error) -> Option<String> {
 fn error_policy(object: Arc<GuardedSession>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&[error.metric_label()]).inc();
     let name = object.meta().name.clone().unwrap_or_default();
-    if matches!(error, Error::StaleSession) {
-        // Expected when a reconcile races a change of the session; the next read is fresh.
-        tracing::debug!(session = %name, %error, "retrying");
-        return Action::requeue(Duration::from_millis(250));
-    }
     let delay = ctx.backoff.next(object.meta().uid.as_deref().unwrap_or_default());
+    if matches!(error, Error::StaleSession) {
+        // Expected when a reconcile races a change of the session: the watch brings the
+        // fresh version, and with it a reconcile at once. Backed off all the same, so
+        // that a watch that brings nothing (a dead connection) does not make it spin.
+        tracing::debug!(session = %name, %error, retry_in = ?delay, "retrying");
+        return Action::requeue(delay);
+    }
     if let Some(advice) = stale_crd_advice(error) {
         // Every session will fail the same way: say what to do, loudly, once per field.
         if ctx.undecodable.lock().expect("undecodable lock").insert((String::new(), advice.clone())) {
@@ -817,6 +819,27 @@ mod tests {
         assert!(delays[7] >= Duration::from_secs(2), "{delays:?}");
         kube::runtime::utils::Backoff::reset(&mut backoff);
         assert!(backoff.next().unwrap() < Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_session_changed_under_its_claim_backs_off() {
+        let (service, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = Client::new(service, "ns");
+        let (sessions, _) = reflector::store::<GuardedSession>();
+        let ctx = Context::new(client, Arc::new(Metrics::new()), Policy::default(), sessions);
+        let mut session = DebugSession::new(
+            "s",
+            serde_json::from_value(serde_json::json!({ "target": { "pod": "web" }, "image": "busybox" })).unwrap(),
+        );
+        session.metadata.uid = Some("u1".into());
+        let object = Arc::new(kube::core::DeserializeGuard(Ok(session)));
+        let delays: Vec<Action> =
+            (0..4).map(|_| error_policy(object.clone(), &Error::StaleSession, ctx.clone())).collect();
+        // A watch that brings no fresh version must not make the session spin:
+        // each retry waits longer (0.25 s doubling), none is a fixed 250 ms.
+        assert!(delays.windows(2).all(|w| w[0] != w[1]), "{delays:?}");
+        assert!(!delays[1..].contains(&Action::requeue(Duration::from_millis(250))), "{delays:?}");
     }
 
     #[test]
