@@ -20,6 +20,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use prometheus::IntGauge;
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
 use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
@@ -116,6 +117,10 @@ impl OwnWrites {
     fn forget(&self, uid: &str) {
         self.by_uid.lock().expect("own writes lock").remove(uid);
     }
+
+    fn len(&self) -> usize {
+        self.by_uid.lock().expect("own writes lock").len()
+    }
 }
 
 /// Per-session exponential backoff after errors: 0.25 s doubling up to 5 minutes.
@@ -137,6 +142,26 @@ impl Backoffs {
 
     fn reset(&self, uid: &str) {
         self.failures.lock().expect("backoff lock").remove(uid);
+    }
+
+    fn len(&self) -> usize {
+        self.failures.lock().expect("backoff lock").len()
+    }
+}
+
+/// Counts one thing under way on a gauge, for as long as it lives.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -300,7 +325,18 @@ pub async fn run(
     let errors = Arc::new(WatchErrors::default());
     let config = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
     let (reader, writer) = reflector::store::<GuardedSession>();
-    let ctx = Context::new(client, metrics, policy, reader.clone());
+    let ctx = Context::new(client, metrics.clone(), policy, reader.clone());
+    let (sampled, store) = (Arc::downgrade(&ctx), reader.clone());
+    metrics.sample_with(move |metrics| {
+        let Some(ctx) = sampled.upgrade() else { return };
+        metrics.listening_sessions.set(ctx.index.len() as i64);
+        metrics.pods_cached.set(ctx.pods.len() as i64);
+        metrics.sessions_known.set(store.state().len() as i64);
+        let records = |kind: &str, len: usize| metrics.session_records.with_label_values(&[kind]).set(len as i64);
+        records("own_writes", ctx.own.len());
+        records("backoffs", ctx.backoff.len());
+        records("undecodable", ctx.undecodable.lock().expect("undecodable lock").len());
+    });
     let session_events = {
         let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
         let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
@@ -374,6 +410,7 @@ pub async fn run(
 }
 
 async fn reconcile(object: Arc<GuardedSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _in_flight = InFlight::new(&ctx.metrics.reconciles_in_flight);
     let _timer = ctx.metrics.reconcile_duration.with_label_values(&[] as &[&str]).start_timer();
     ctx.metrics.reconciliations.inc();
     let session = match &object.0 {
@@ -693,7 +730,9 @@ fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatu
     }
     let reference = session.object_ref(&());
     let recorder = ctx.recorder.clone();
+    let in_flight = InFlight::new(&ctx.metrics.event_tasks_in_flight);
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         for transition in transitions {
             let event = Event {
                 type_: if transition.warning { EventType::Warning } else { EventType::Normal },
