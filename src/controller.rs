@@ -5,11 +5,11 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt, future};
+use futures::{Stream, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
@@ -20,6 +20,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use prometheus::IntGauge;
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
 use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
@@ -116,6 +117,10 @@ impl OwnWrites {
     fn forget(&self, uid: &str) {
         self.by_uid.lock().expect("own writes lock").remove(uid);
     }
+
+    fn len(&self) -> usize {
+        self.by_uid.lock().expect("own writes lock").len()
+    }
 }
 
 /// Per-session exponential backoff after errors: 0.25 s doubling up to 5 minutes.
@@ -137,6 +142,26 @@ impl Backoffs {
 
     fn reset(&self, uid: &str) {
         self.failures.lock().expect("backoff lock").remove(uid);
+    }
+
+    fn len(&self) -> usize {
+        self.failures.lock().expect("backoff lock").len()
+    }
+}
+
+/// Counts one thing under way on a gauge, for as long as it lives.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -217,18 +242,31 @@ impl WatchErrors {
 }
 
 /// How watches back off after an error: quickly, so that work resumes within
-/// seconds of an API server coming back (kube's default waits up to 30 s),
-/// yet never more often than every 4 s while it stays away.
+/// seconds of an API server coming back (kube's default waits up to 30 s; at
+/// 4 s a watch could still wait 4.8 s after the server was back, and then
+/// list), yet never more often than every 2 s while it stays away. A watch that the
+/// server ended with 410 Expired lists again at once: the server answered,
+/// only its history moved on (as after a restart), and waiting a step there
+/// would delay new work by seconds more.
 #[derive(Default)]
 struct WatchBackoff {
     failures: u32,
+    /// Set when the last error was 410 Expired.
+    expired: Arc<AtomicBool>,
+    /// The previous delay was skipped for an expiry: the next one is not.
+    skipped: bool,
 }
 
 impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let base = Duration::from_millis(250).saturating_mul(1 << self.failures.min(4)).min(Duration::from_secs(4));
+        if self.expired.swap(false, Ordering::Relaxed) && !self.skipped {
+            self.skipped = true;
+            return Some(Duration::ZERO);
+        }
+        self.skipped = false;
+        let base = Duration::from_millis(250).saturating_mul(1 << self.failures.min(3)).min(Duration::from_secs(2));
         self.failures = self.failures.saturating_add(1);
         // Up to 20 % jitter, so that both watches do not retry in step.
         let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs()) % 200;
@@ -239,11 +277,35 @@ impl Iterator for WatchBackoff {
 impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.failures = 0;
+        self.skipped = false;
     }
 }
 
-fn watch_backoff() -> ResetTimerBackoff<WatchBackoff> {
-    ResetTimerBackoff::new(WatchBackoff::default(), Duration::from_secs(30))
+/// `watch` with [`WatchBackoff`].
+fn backed_off<K>(
+    watch: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send {
+    let backoff = WatchBackoff::default();
+    let expired = backoff.expired.clone();
+    watch
+        .inspect(move |event| {
+            if let Err(watcher::Error::WatchError(status)) = event
+                && status.code == 410
+            {
+                expired.store(true, Ordering::Relaxed);
+            }
+        })
+        .backoff(ResetTimerBackoff::new(backoff, Duration::from_secs(30)))
+}
+
+/// What a watch yields to the Controller: its objects, and never its errors.
+/// They were reported above and each watch retries on its own backoff (within
+/// 2 s); passed on, they would also charge the Controller's trigger backoff
+/// (up to 30 s, reset only after 2 quiet minutes), which stops both watches
+/// at once: after an API server restart no event would arrive for half a
+/// minute or more, while the server is long back.
+fn only_objects<K, E>(item: Result<K, E>) -> future::Ready<Option<Result<K, E>>> {
+    future::ready(item.ok().map(Ok))
 }
 
 /// Runs the controller until a termination signal arrives. `watch_client`
@@ -263,12 +325,22 @@ pub async fn run(
     let errors = Arc::new(WatchErrors::default());
     let config = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
     let (reader, writer) = reflector::store::<GuardedSession>();
-    let ctx = Context::new(client, metrics, policy, reader.clone());
+    let ctx = Context::new(client, metrics.clone(), policy, reader.clone());
+    let (sampled, store) = (Arc::downgrade(&ctx), reader.clone());
+    metrics.sample_with(move |metrics| {
+        let Some(ctx) = sampled.upgrade() else { return };
+        metrics.listening_sessions.set(ctx.index.len() as i64);
+        metrics.pods_cached.set(ctx.pods.len() as i64);
+        metrics.sessions_known.set(store.state().len() as i64);
+        let records = |kind: &str, len: usize| metrics.session_records.with_label_values(&[kind]).set(len as i64);
+        records("own_writes", ctx.own.len());
+        records("backoffs", ctx.backoff.len());
+        records("undecodable", ctx.undecodable.lock().expect("undecodable lock").len());
+    });
     let session_events = {
         let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
         let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
-        watcher(sessions, config.clone())
-            .backoff(watch_backoff())
+        backed_off(watcher(sessions, config.clone()))
             .reflect(writer)
             .inspect(move |event| match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => index_ctx.index.apply(object),
@@ -291,19 +363,20 @@ pub async fn run(
             .try_filter(move |object| {
                 future::ready(object.0.as_ref().map_or(true, |session| !filter_ctx.own.is_echo(session)))
             })
+            .filter_map(only_objects)
     };
     let pod_events = {
         let (health, errors) = (health.clone(), errors.clone());
         // Pod metadata only, and no cache of it: a pod event is mapped to the
         // sessions that still care about the pod, then dropped.
-        watcher(pods, config)
-            .backoff(watch_backoff())
+        backed_off(watcher(pods, config))
             .inspect(move |event| match event {
                 Ok(watcher::Event::InitDone) => health.pods_synced.store(true, Ordering::Relaxed),
                 Err(error) => errors.report("pods", error),
                 Ok(_) => {}
             })
             .touched_objects()
+            .filter_map(only_objects)
     };
     let mapper_ctx = ctx.clone();
     Controller::for_stream(session_events, reader)
@@ -327,7 +400,6 @@ pub async fn run(
         .for_each(|result| {
             if let Err(error) = result {
                 match error {
-                    controller::Error::QueueError(error) => errors.report("controller", &error),
                     controller::Error::ObjectNotFound(_) => {}
                     other => tracing::debug!(error = %other, "reconcile loop"),
                 }
@@ -338,6 +410,7 @@ pub async fn run(
 }
 
 async fn reconcile(object: Arc<GuardedSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _in_flight = InFlight::new(&ctx.metrics.reconciles_in_flight);
     let _timer = ctx.metrics.reconcile_duration.with_label_values(&[] as &[&str]).start_timer();
     ctx.metrics.reconciliations.inc();
     let session = match &object.0 {
@@ -793,7 +866,9 @@ fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatu
     }
     let reference = session.object_ref(&());
     let recorder = ctx.recorder.clone();
+    let in_flight = InFlight::new(&ctx.metrics.event_tasks_in_flight);
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         for transition in transitions {
             let event = Event {
                 type_: if transition.warning { EventType::Warning } else { EventType::Normal },
@@ -873,12 +948,14 @@ fn stale_crd_advice(error: &Error) -> Option<String> {
 fn error_policy(object: Arc<GuardedSession>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&[error.metric_label()]).inc();
     let name = object.meta().name.clone().unwrap_or_default();
-    if matches!(error, Error::StaleSession) {
-        // Expected when a reconcile races a change of the session; the next read is fresh.
-        tracing::debug!(session = %name, %error, "retrying");
-        return Action::requeue(Duration::from_millis(250));
-    }
     let delay = ctx.backoff.next(object.meta().uid.as_deref().unwrap_or_default());
+    if matches!(error, Error::StaleSession) {
+        // Expected when a reconcile races a change of the session: the watch brings the
+        // fresh version, and with it a reconcile at once. Backed off all the same, so
+        // that a watch that brings nothing (a dead connection) does not make it spin.
+        tracing::debug!(session = %name, %error, retry_in = ?delay, "retrying");
+        return Action::requeue(delay);
+    }
     if let Some(advice) = stale_crd_advice(error) {
         // Every session will fail the same way: say what to do, loudly, once per field.
         if ctx.undecodable.lock().expect("undecodable lock").insert((String::new(), advice.clone())) {
@@ -913,10 +990,45 @@ mod tests {
         let mut backoff = WatchBackoff::default();
         let delays: Vec<Duration> = (0..8).map(|_| backoff.next().unwrap()).collect();
         assert!(delays[0] >= Duration::from_millis(250) && delays[0] < Duration::from_millis(300), "{delays:?}");
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(4800)), "{delays:?}");
-        assert!(delays[7] >= Duration::from_secs(4), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(2400)), "{delays:?}");
+        assert!(delays[7] >= Duration::from_secs(2), "{delays:?}");
         kube::runtime::utils::Backoff::reset(&mut backoff);
         assert!(backoff.next().unwrap() < Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_session_changed_under_its_claim_backs_off() {
+        let (service, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = Client::new(service, "ns");
+        let (sessions, _) = reflector::store::<GuardedSession>();
+        let ctx = Context::new(client, Arc::new(Metrics::new()), Policy::default(), sessions);
+        let mut session = DebugSession::new(
+            "s",
+            serde_json::from_value(serde_json::json!({ "target": { "pod": "web" }, "image": "busybox" })).unwrap(),
+        );
+        session.metadata.uid = Some("u1".into());
+        let object = Arc::new(kube::core::DeserializeGuard(Ok(session)));
+        let delays: Vec<Action> =
+            (0..4).map(|_| error_policy(object.clone(), &Error::StaleSession, ctx.clone())).collect();
+        // A watch that brings no fresh version must not make the session spin:
+        // each retry waits longer (0.25 s doubling), none is a fixed 250 ms.
+        assert!(delays.windows(2).all(|w| w[0] != w[1]), "{delays:?}");
+        assert!(!delays[1..].contains(&Action::requeue(Duration::from_millis(250))), "{delays:?}");
+    }
+
+    #[test]
+    fn an_expired_watch_lists_again_at_once() {
+        let mut backoff = WatchBackoff::default();
+        for _ in 0..6 {
+            backoff.next();
+        }
+        backoff.expired.store(true, Ordering::Relaxed);
+        assert_eq!(backoff.next(), Some(Duration::ZERO), "the server answered: no step for a 410");
+        backoff.expired.store(true, Ordering::Relaxed);
+        assert!(backoff.next().unwrap() >= Duration::from_secs(2), "but not twice in a row");
+        backoff.expired.store(true, Ordering::Relaxed);
+        assert_eq!(backoff.next(), Some(Duration::ZERO));
     }
 
     #[test]

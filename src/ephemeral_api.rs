@@ -237,17 +237,24 @@ pub async fn add_ephemeral_container(
 }
 
 /// The JSON patch that appends `container` to the pod's ephemeral containers.
-/// A pod shown without any gets the list only if it still has none.
+/// A pod shown without any gets the list only if it still has none. Only the
+/// pod that was read takes it: one deleted and created again under the same
+/// name since then has another UID, and the patch is refused.
 pub fn json_append(pod: &Pod, container: &EphemeralContainer) -> serde_json::Value {
+    let mut ops: Vec<serde_json::Value> = pod
+        .metadata
+        .uid
+        .iter()
+        .map(|uid| serde_json::json!({ "op": "test", "path": "/metadata/uid", "value": uid }))
+        .collect();
     let has_any = pod.spec.as_ref().and_then(|s| s.ephemeral_containers.as_ref()).is_some_and(|c| !c.is_empty());
     if has_any {
-        serde_json::json!([{ "op": "add", "path": "/spec/ephemeralContainers/-", "value": container }])
+        ops.push(serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers/-", "value": container }));
     } else {
-        serde_json::json!([
-            { "op": "test", "path": "/spec/ephemeralContainers", "value": null },
-            { "op": "add", "path": "/spec/ephemeralContainers", "value": [container] },
-        ])
+        ops.push(serde_json::json!({ "op": "test", "path": "/spec/ephemeralContainers", "value": null }));
+        ops.push(serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers", "value": [container] }));
     }
+    serde_json::Value::Array(ops)
 }
 
 fn with_ephemeral_containers(pod: &Pod, containers: Vec<EphemeralContainer>) -> Pod {
@@ -434,22 +441,25 @@ mod tests {
             });
             let client = Client::new(service, "default");
             let mut pod = recorded_pod();
+            pod.metadata.uid = Some("uid-1".into());
             add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
             pod.spec.get_or_insert_default().ephemeral_containers =
                 Some(vec![EphemeralContainer { name: "old".into(), ..Default::default() }]);
             add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
             let patches = server.await.unwrap();
             let new = new_container().name;
+            let same_pod = serde_json::json!({ "op": "test", "path": "/metadata/uid", "value": "uid-1" });
+            assert_eq!(patches[0][0], same_pod, "only the pod that was read, not a new one of the same name");
             assert_eq!(
-                patches[0][0],
+                patches[0][1],
                 serde_json::json!({ "op": "test", "path": "/spec/ephemeralContainers", "value": null }),
                 "the first container only if the pod still has none"
             );
-            assert_eq!(patches[0][1]["path"], "/spec/ephemeralContainers");
-            assert_eq!(patches[0][1]["value"][0]["name"], new.as_str());
+            assert_eq!(patches[0][2]["path"], "/spec/ephemeralContainers");
+            assert_eq!(patches[0][2]["value"][0]["name"], new.as_str());
             assert_eq!(
                 patches[1],
-                serde_json::json!([{ "op": "add", "path": "/spec/ephemeralContainers/-", "value": new_container() }]),
+                serde_json::json!([same_pod, { "op": "add", "path": "/spec/ephemeralContainers/-", "value": new_container() }]),
                 "appended after the others, with no resourceVersion: unrelated writers never conflict"
             );
         }

@@ -145,6 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut watch_config = config.clone();
             config.read_timeout = Some(controller::REQUEST_TIMEOUT);
             watch_config.read_timeout = Some(Duration::from_secs(u64::from(controller::WATCH_TIMEOUT_SECONDS) + 25));
+            // A watch that fails is retried by its own backoff (seconds at most), not by
+            // kube's retry layer, which honours the Retry-After of a starting API server
+            // and so held a watch back 5 s after /readyz.
+            watch_config.default_retry = false;
             let client = kube::Client::try_from(config)?;
             let watch_client = kube::Client::try_from(watch_config)?;
             controller::check_crd_served(&client, namespace.as_deref()).await?;

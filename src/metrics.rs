@@ -1,6 +1,11 @@
 //! Prometheus metrics of the controller.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Sets gauges from what is in memory, right before a scrape.
+type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -14,6 +19,16 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// Sessions that listen for pod events (finished ones do not).
     pub listening_sessions: IntGauge,
+    /// What the process holds, for finding leaks: reconciles under way, tasks
+    /// publishing events, tasks alive in the runtime, sessions in the watch's
+    /// store, pods kept by the pod reader, and the per-session records.
+    pub reconciles_in_flight: IntGauge,
+    pub event_tasks_in_flight: IntGauge,
+    pub runtime_alive_tasks: IntGauge,
+    pub sessions_known: IntGauge,
+    pub pods_cached: IntGauge,
+    pub session_records: IntGaugeVec,
+    samplers: Arc<Mutex<Vec<Sampler>>>,
 }
 
 impl Metrics {
@@ -48,6 +63,16 @@ impl Metrics {
         .unwrap();
         let listening_sessions =
             IntGauge::new("listening_sessions", "DebugSessions that react to events of their pod").unwrap();
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).unwrap();
+        let reconciles_in_flight = gauge("reconciles_in_flight", "Reconciles under way");
+        let event_tasks_in_flight = gauge("event_tasks_in_flight", "Tasks publishing the Events of a transition");
+        let runtime_alive_tasks =
+            gauge("runtime_alive_tasks", "Tasks alive in the async runtime (connections included)");
+        let sessions_known = gauge("sessions_known", "DebugSessions in the watch's store");
+        let pods_cached = gauge("pods_cached", "Pods kept by the pod reader for unfinished sessions");
+        let session_records =
+            IntGaugeVec::new(Opts::new("session_records", "Per-session records kept in memory, by kind"), &["kind"])
+                .unwrap();
         for collector in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -56,6 +81,12 @@ impl Metrics {
             Box::new(transitions.clone()),
             Box::new(api_requests.clone()),
             Box::new(listening_sessions.clone()),
+            Box::new(reconciles_in_flight.clone()),
+            Box::new(event_tasks_in_flight.clone()),
+            Box::new(runtime_alive_tasks.clone()),
+            Box::new(sessions_known.clone()),
+            Box::new(pods_cached.clone()),
+            Box::new(session_records.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -68,7 +99,19 @@ impl Metrics {
             transitions,
             api_requests,
             listening_sessions,
+            reconciles_in_flight,
+            event_tasks_in_flight,
+            runtime_alive_tasks,
+            sessions_known,
+            pods_cached,
+            session_records,
+            samplers: Arc::default(),
         }
+    }
+
+    /// Calls `sampler` before each scrape, to set gauges from what is in memory.
+    pub fn sample_with(&self, sampler: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.samplers.lock().expect("samplers lock").push(Box::new(sampler));
     }
 
     /// Counts one request of the reconciler.
@@ -78,6 +121,12 @@ impl Metrics {
 
     /// The text exposition format, for `/metrics`.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_alive_tasks.set(runtime.metrics().num_alive_tasks() as i64);
+        }
+        for sampler in self.samplers.lock().expect("samplers lock").iter() {
+            sampler(self);
+        }
         prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
 }

@@ -540,6 +540,12 @@ fn resolve<'a>(session: &DebugSession, prior: &DebugSessionStatus, pods: PodView
     // The record of earlier injections, if it can be true: a by-name session only ever had that pod.
     let consistent = target.pod.is_none() || prior.pod_name == target.pod;
     let injected_before = consistent && !prior.containers.is_empty();
+    // The claim of this attempt named a pod: a by-name session adds nothing to another pod of that name.
+    let claimed = consistent
+        && target.pod.is_some()
+        && prior.phase == Some(Phase::Pending)
+        && prior.attempt == session.spec.attempt
+        && prior.pod_uid.is_some();
     let replaced = |pod: &Pod| {
         let name = pod_name(pod);
         format!("pod {name} was replaced by a new pod of the same name; the debug containers went with the old one")
@@ -557,6 +563,14 @@ fn resolve<'a>(session: &DebugSession, prior: &DebugSessionStatus, pods: PodView
                 Resolved::Pod(pod)
             } else if injected_before && !same_pod {
                 Resolved::Gone(replaced(pod))
+            } else if claimed && !same_pod {
+                Resolved::Missing(Failure::new(
+                    FailureReason::TargetNotFound,
+                    format!(
+                        "pod {} was deleted before the debug container was added, and a new pod of the same name took its place; nothing is added to the new pod within an attempt",
+                        pod_name(pod)
+                    ),
+                ))
             } else if satisfies(pod, target) {
                 Resolved::Pod(pod)
             } else {
@@ -782,6 +796,9 @@ fn describe_container(
         .flat_map(|s| s.ephemeral_containers.iter().flatten())
         .find(|c| c.name == record.name)
         .and_then(|c| c.target_container_name.clone());
+    if let Some(why) = stopped_with_pod(pod, record) {
+        return fail(status, Failure::new(FailureReason::TargetGone, why));
+    }
     match record.state {
         ContainerState::Running => {
             status.phase = Some(Phase::Running);
@@ -794,6 +811,27 @@ fn describe_container(
         }
         ContainerState::Terminated => describe_terminated(status, record, now),
         ContainerState::Unknown | ContainerState::Waiting => describe_waiting(status, session, pod, record, now),
+    }
+}
+
+/// Why a debug container that ran is over because its pod is being deleted:
+/// it still runs (and is about to be stopped), or it stopped after the deletion
+/// was asked for. One that ended before that finished on its own.
+fn stopped_with_pod(pod: &Pod, record: &DebugContainerStatus) -> Option<String> {
+    let deleted_at = pod.metadata.deletion_timestamp.as_ref()?.0;
+    let grace = SignedDuration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or_default());
+    let (pod, name) = (pod_name(pod), &record.name);
+    match record.state {
+        ContainerState::Running => {
+            Some(format!("pod {pod} is being deleted, so debug container {name} is being stopped with it"))
+        }
+        ContainerState::Terminated if record.finished_at.as_ref().is_none_or(|t| t.0 >= deleted_at - grace) => {
+            Some(format!(
+                "pod {pod} is being deleted, and debug container {name} was stopped with it (exit code {})",
+                record.exit_code.unwrap_or_default()
+            ))
+        }
+        _ => None,
     }
 }
 

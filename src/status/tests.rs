@@ -177,10 +177,19 @@ fn decisions_follow_the_pod_and_the_kubelet() {
     mirror.metadata.annotations = Some(BTreeMap::from([(MIRROR_POD_ANNOTATION.into(), "x".into())]));
     let mut terminating = pod("Running", &[("debugger-abcde", waiting("ContainerCreating", None))]);
     terminating.metadata.deletion_timestamp = Some(Time(at(5)));
+    let deleting = |ours: &[(&str, KubeletState)]| {
+        // Deletion asked for at 8 s, with 30 s of grace.
+        let mut p = pod("Running", ours);
+        p.metadata.deletion_timestamp = Some(Time(at(38)));
+        p.metadata.deletion_grace_period_seconds = Some(30);
+        p
+    };
     let mut terminating_empty = pod("Running", &[]);
     terminating_empty.metadata.deletion_timestamp = Some(Time(at(5)));
     let mut replaced = pod("Running", &[]);
     replaced.metadata.uid = Some("new-uid".into());
+    let claimed =
+        DebugSessionStatus { container_name: Some("debugger-abcde".into()), ..injected(vec![], 0, Phase::Pending) };
     let one_terminated = injected(vec![record("debugger-abcde", 0, S::Terminated)], 0, Phase::Terminated);
     let one_running = injected(vec![record("debugger-abcde", 0, S::Running)], 0, Phase::Running);
     let one_unknown = injected(vec![record("debugger-abcde", 0, S::Unknown)], 0, Phase::Injected);
@@ -246,7 +255,24 @@ fn decisions_follow_the_pod_and_the_kubelet() {
         ("pinned pod deleted while the container runs",
             session(0, Some(one_running.clone())), None, Some(&SERVED), 10, failed(R::TargetGone)),
         ("pinned pod replaced by one of the same name",
-            session(0, Some(one_running.clone())), Some(replaced), Some(&SERVED), 10, failed(R::TargetGone)),
+            session(0, Some(one_running.clone())), Some(replaced.clone()), Some(&SERVED), 10, failed(R::TargetGone)),
+        ("claimed pod replaced by one of the same name before the container went in",
+            session(0, Some(claimed.clone())), Some(replaced), Some(&SERVED), 10, failed(R::TargetNotFound)),
+        ("a claim of the same pod goes on (an operator died after writing it)",
+            session(0, Some(claimed)), Some(pod("Running", &[])), Some(&SERVED), 10, injecting("debugger-abcde", 0)),
+        ("pod being deleted while the container runs",
+            session(0, Some(one_running.clone())), Some(deleting(&[("debugger-abcde", running())])), Some(&SERVED), 10,
+            failed(R::TargetGone)),
+        ("container stopped by the deletion of its pod",
+            session(0, Some(one_running.clone())), Some(deleting(&[("debugger-abcde", terminated(143))])), Some(&SERVED), 10,
+            failed(R::TargetGone)),
+        ("container that exited before its pod was deleted",
+            session(0, Some(one_running.clone())), Some({
+                let mut p = deleting(&[("debugger-abcde", terminated(0))]);
+                p.metadata.deletion_timestamp = Some(Time(at(40)));
+                p
+            }), Some(&SERVED), 10,
+            want(Phase::Terminated, Some("debugger-abcde"))),
         ("pod deleted while the container waits",
             session(0, Some(one_unknown.clone())), Some(terminating), Some(&SERVED), 10, failed(R::TargetGone)),
         ("a start timeout overtaken by the kubelet reports the running container",

@@ -178,6 +178,21 @@ spawn_daemon() {
 
 kubectl_admin() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" --context admin "$@"; }
 
+# Readiness of the components (up.sh waits for them, restart.sh too).
+api_get() { # PATH: GET on the apiserver as admin
+  curl -fsS --max-time 5 --cacert "$PKI/ca.crt" -H "Authorization: Bearer $(cat "$STATE/tokens/admin")" \
+    "https://127.0.0.1:$APISERVER_PORT$1"
+}
+apiserver_ready() { [[ $(api_get /readyz) == ok ]]; }
+node_ready() {
+  [[ $(kubectl_admin get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+etcd_healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
+containerd_ready() { ctr --address "$CONTAINERD_SOCK" version; }
+kubelet_healthy() { [[ $(curl -fsS --max-time 3 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz") == ok ]]; }
+# the controller-manager's and scheduler's /healthz (self-signed serving certificates)
+secure_healthz() { [[ $(curl -fsSk --max-time 3 "https://127.0.0.1:$1/healthz") == ok ]]; }
+
 # show_log NAME [LINES]
 show_log() {
   local f=$LOGS/$1.log

@@ -188,8 +188,10 @@ ensure_old_binary() {
 
 # ------------------------------------------------------------- processes ---
 STARTED=()
-start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID
+start_bg() { # NAME CMD...: start detached, log to $LOGS/NAME.log, record PID and command line
   local name=$1; shift
+  # restart.sh starts it again from this record
+  printf '%s\0' "$@" >"$PIDS/$name.cmd"
   spawn_daemon "$LOGS/$name.log" "$@"
   echo "$SPAWNED_PID" >"$PIDS/$name.pid"
   STARTED+=("$name")
@@ -236,18 +238,9 @@ wait_until() {
   done
 }
 
-api_get() { # PATH: GET on the apiserver as admin
-  curl -fsS --max-time 5 --cacert "$PKI/ca.crt" -H "Authorization: Bearer $(cat "$STATE/tokens/admin")" \
-    "https://127.0.0.1:$APISERVER_PORT$1"
-}
-apiserver_ready() { [[ $(api_get /readyz) == ok ]]; }
-node_ready() {
-  [[ $(kubectl_admin get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]
-}
 # pods can be created (ServiceAccount admission) and can start (their projected
 # token volume needs the kube-root-ca.crt ConfigMap)
 default_ns_ready() { kubectl_admin -n default get serviceaccount/default configmap/kube-root-ca.crt; }
-etcd_healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
 
 cluster_healthy() { # MODE: the recorded cluster is complete and serving
   [[ -f $STATE/mode && $(<"$STATE/mode") == "$1" ]] || return 1
@@ -598,7 +591,6 @@ pick_snapshotter() {
   echo "$SNAPSHOTTER" >"$STATE/snapshotter"
 }
 
-containerd_ready() { ctr --address "$CONTAINERD_SOCK" version; }
 
 import_images() {
   mkdir -p "$STATE/images"

@@ -143,7 +143,10 @@ impl Operator {
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("EPHEMERA_KUBE_CONTEXT", context)
-            .env("RUST_LOG", "info,ephemera=debug,kube=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FAULTS_RUST_LOG").unwrap_or_else(|_| "info,ephemera=debug,kube=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -195,11 +198,16 @@ impl TestEnv {
     }
 
     pub async fn without_operator(name: &str, labels: &[(&str, &str)]) -> Self {
+        Self::in_namespace(&format!("e2e-{name}"), labels).await
+    }
+
+    /// A fresh namespace of exactly this name, without an operator.
+    pub async fn in_namespace(namespace: &str, labels: &[(&str, &str)]) -> Self {
         ensure_cluster();
         let client = client_for("admin").await;
         static CRD: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
         CRD.get_or_init(|| install_crd(&client)).await;
-        let namespace = format!("e2e-{name}");
+        let namespace = namespace.to_string();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         // A namespace left by an earlier run goes first (it may still be terminating).
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -1,0 +1,141 @@
+//! Resource hygiene: after a thousand sessions have come and gone, the
+//! operator holds what it held before. Memory (RSS) is back within 10 % of
+//! its baseline, and the gauges of what it keeps (tasks, reconciles under way,
+//! sessions and pods in memory, per-session records) and the watches it has
+//! open are back where they were.
+
+use std::time::{Duration, Instant};
+
+use ephemera::crd::Phase;
+use kube::api::{DeleteParams, ListParams};
+
+use crate::common::{TestEnv, busybox_session, free_port, metric, scrape};
+use crate::proxy::HttpProxy;
+use crate::support::{self, create_sessions, operator, rss, running_pods, secs};
+
+const PODS: usize = 10;
+
+/// `count` sessions whose debug process exits at once, over the pods; waits
+/// until all are Terminated, then deletes them and waits until they are gone.
+async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) {
+    let yamls = (first..first + count)
+        .map(|i| busybox_session(&format!("h-{i}"), &format!("{{ pod: {} }}", pods[i % pods.len()]), r#"["true"]"#, ""))
+        .collect();
+    create_sessions(env, yamls, 20).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let sessions = env.sessions.list(&ListParams::default()).await.unwrap().items;
+        let done = sessions
+            .iter()
+            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Terminated))
+            .count();
+        if done == count {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of {count} sessions terminated\n{}", env.operator_log_tail());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    env.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    while !env.sessions.list(&ListParams::default()).await.unwrap().items.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The operator's own figures that must come back to where they were.
+const GAUGES: [&str; 7] = [
+    "ephemera_reconciles_in_flight",
+    "ephemera_event_tasks_in_flight",
+    "ephemera_sessions_known",
+    "ephemera_listening_sessions",
+    "ephemera_pods_cached",
+    "ephemera_session_records",
+    "ephemera_runtime_alive_tasks",
+];
+
+/// Waits until the operator is quiet (nothing under way) and returns its metrics.
+async fn quiet(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(port).await;
+        if metric(&text, "ephemera_reconciles_in_flight") == 0.0 && metric(&text, "ephemera_event_tasks_in_flight") == 0.0 {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "the operator never became quiet:\n{text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_hygiene() {
+    let _cluster = support::shared_cluster().await;
+    let total: usize = std::env::var("FAULTS_HYGIENE_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let batch = 100.min(total);
+    let mut env = support::env("hygiene").await;
+    let proxy = HttpProxy::start().await;
+    let port = free_port();
+    env.operator = Some(operator(&env.namespace, &proxy.kubeconfig(&env.namespace), port, &[], ""));
+    let pid = env.operator.as_ref().unwrap().pid();
+
+    // The baseline: after a first round, so that what every process allocates once
+    // (connections, the runtime's workers, the first TLS handshake) is in it.
+    let mut pods = running_pods(&env, "hyg-w", PODS).await;
+    round(&env, 0, 50, &pods).await;
+    env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    let baseline_metrics = quiet(port).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = rss(pid);
+
+    let began = Instant::now();
+    let mut peak = baseline;
+    let mut first = 50;
+    while first < 50 + total {
+        // Fresh pods every 300 sessions, so that no pod grows without end.
+        if (first - 50) % 300 == 0 {
+            pods = running_pods(&env, &format!("hyg-{first}"), PODS).await;
+        }
+        let count = batch.min(50 + total - first);
+        round(&env, first, count, &pods).await;
+        peak = peak.max(rss(pid));
+        first += count;
+        if (first - 50) % 300 == 0 {
+            env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+        }
+    }
+    env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    let took = began.elapsed();
+    let after_metrics = quiet(port).await;
+    // Memory freed is not always returned at once: give it a little while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after = rss(pid);
+    while after > baseline + baseline / 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        after = rss(pid);
+    }
+    let watches = proxy.open_watches();
+    let mib = |bytes: u64| format!("{:.1}MiB", bytes as f64 / 1048576.0);
+    let figures: Vec<String> = GAUGES
+        .iter()
+        .map(|g| format!("{}={}→{}", g.trim_start_matches("ephemera_"), metric(&baseline_metrics, g), metric(&after_metrics, g)))
+        .collect();
+    let line = format!(
+        "{total} sessions (after 50 for the baseline) in {}: RSS {} → peak {} → {} ({:+.1}%); {}; watches open={watches}; requests={}",
+        secs(took),
+        mib(baseline),
+        mib(peak),
+        mib(after),
+        (after as f64 / baseline as f64 - 1.0) * 100.0,
+        figures.join(" "),
+        proxy.log().len(),
+    );
+    support::summary("resource-hygiene", &line);
+    assert!(after <= baseline + baseline / 10, "RSS did not come back within 10 %: {line}");
+    for gauge in GAUGES {
+        let (before, now) = (metric(&baseline_metrics, gauge), metric(&after_metrics, gauge));
+        // Tasks: the runtime's own and the connections' may differ by a few.
+        let allowed = if gauge == "ephemera_runtime_alive_tasks" { before + 5.0 } else { before };
+        assert!(now <= allowed, "{gauge} grew from {before} to {now}: {line}");
+    }
+    assert_eq!(metric(&after_metrics, "ephemera_sessions_known"), 0.0, "{line}");
+    assert_eq!(metric(&after_metrics, "ephemera_session_records"), 0.0, "{line}");
+    assert_eq!(watches, 2, "one watch of sessions, one of pods: {line}");
+}

@@ -1,0 +1,334 @@
+//! What every fault test shares: a namespace of its own, pods, operators, a
+//! census of sessions and containers, and the summary line.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ephemera::crd::{DebugSession, FailureReason, Phase};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::ListParams;
+
+use crate::common::{Operator, TestEnv, repo_root};
+
+/// A fresh namespace `faults-<name>`, without an operator, once pods can be
+/// created in it (its default ServiceAccount exists: after a restart of the API
+/// server the controller-manager may take a while to make it).
+pub async fn env(name: &str) -> TestEnv {
+    let env = TestEnv::in_namespace(&format!("faults-{name}"), &[]).await;
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while accounts.get_opt("default").await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "no default ServiceAccount in {}", env.namespace);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env
+}
+
+static CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// These tests flood the cluster or stop its daemons: never the shared default one.
+fn own_cluster() {
+    assert_ne!(
+        crate::common::cluster_dir(),
+        std::path::PathBuf::from("/tmp/ephemera-cluster"),
+        "fault tests need a cluster of their own: set EPHEMERA_CLUSTER_DIR (`make test-faults` does)"
+    );
+}
+
+/// Held by tests that leave the cluster's daemons alone: they run side by side.
+pub async fn shared_cluster() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    own_cluster();
+    CLUSTER.read().await
+}
+
+/// Held by tests that stop the cluster's daemons: they run alone. (`make
+/// test-faults` runs them on a cluster instance of their own anyway; this
+/// matters when every test runs on one cluster.)
+pub async fn exclusive_cluster() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    own_cluster();
+    CLUSTER.write().await
+}
+
+/// Pods `<prefix>-0` .. `<prefix>-<n-1>`, created at once, each with one sleeping container `app`; all Running.
+pub async fn running_pods(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    futures::future::join_all(names.iter().map(|name| env.running_pod(name, &["app"], &[]))).await;
+    names
+}
+
+/// `ephemera run` for `env`'s namespace through `kubeconfig` (context `faults`, as
+/// [`crate::proxy`] writes them), with /metrics on `metrics_port`.
+pub fn operator(namespace: &str, kubeconfig: &Path, metrics_port: u16, extra: &[&str], suffix: &str) -> Operator {
+    Operator::start_with_args(namespace, kubeconfig, "faults", &format!("127.0.0.1:{metrics_port}"), extra, suffix)
+}
+
+/// Creates sessions from YAML, `parallel` at a time; returns when all are created.
+pub async fn create_sessions(env: &TestEnv, yamls: Vec<String>, parallel: usize) {
+    futures::stream::iter(yamls)
+        .for_each_concurrent(parallel, |yaml| async move {
+            env.create_session(&yaml).await;
+        })
+        .await;
+}
+
+use futures::StreamExt;
+
+/// What a session should look like when the test ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Want {
+    pub phase: Phase,
+    pub reason: Option<FailureReason>,
+    /// Whether its container must be in a pod (exactly once).
+    pub container: bool,
+}
+
+impl Want {
+    pub const RUNNING: Want = Want { phase: Phase::Running, reason: None, container: true };
+
+    pub fn failed(reason: FailureReason, container: bool) -> Want {
+        Want { phase: Phase::Failed, reason: Some(reason), container }
+    }
+}
+
+/// Sessions and the debug containers in the pods, counted against what is wanted.
+#[derive(Debug, Default, Clone)]
+pub struct Census {
+    pub sessions: usize,
+    /// Ephemeral containers that carry a session's marker.
+    pub containers: usize,
+    /// Containers beyond the first of a session's attempt.
+    pub duplicates: usize,
+    /// Containers whose marker names no session of the namespace.
+    pub orphans: usize,
+    /// Sessions that want a container and have none.
+    pub lost: usize,
+    /// Sessions whose status is not (yet) what is wanted, or not true to the pod.
+    pub stuck: usize,
+    /// Of those, sessions that want Running and truthfully say Injected: the kubelet has yet to start them.
+    pub waiting_for_kubelet: usize,
+    /// The first few problems, for messages.
+    pub problems: Vec<String>,
+}
+
+impl Census {
+    pub fn clean(&self) -> bool {
+        self.duplicates == 0 && self.orphans == 0 && self.lost == 0 && self.stuck == 0
+    }
+
+    pub fn figures(&self) -> String {
+        format!("duplicates={} orphans={} stuck={} lost={}", self.duplicates, self.orphans, self.stuck, self.lost)
+    }
+
+    fn problem(&mut self, text: String) {
+        if self.problems.len() < 10 {
+            self.problems.push(text);
+        }
+    }
+}
+
+fn marker(container: &k8s_openapi::api::core::v1::EphemeralContainer, name: &str) -> Option<String> {
+    container.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone())
+}
+
+fn running_in(pod: &Pod, container: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.ephemeral_container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == container))
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
+/// Counts the namespace's sessions and their containers in every pod of it.
+pub async fn census(env: &TestEnv, want: impl Fn(&DebugSession) -> Want) -> Census {
+    census_retiring(env, &HashSet::new(), want).await
+}
+
+/// The same, where the sessions of `retired` UIDs were deleted on purpose (a
+/// TTL): their containers stay in the pods, as ephemeral containers do, and are
+/// no orphans.
+pub async fn census_retiring(env: &TestEnv, retired: &HashSet<String>, want: impl Fn(&DebugSession) -> Want) -> Census {
+    let sessions = env.sessions.list(&ListParams::default()).await.expect("list sessions").items;
+    let pods = env.pods.list(&ListParams::default()).await.expect("list pods").items;
+    let mut census = Census { sessions: sessions.len(), ..Default::default() };
+    // (session uid, attempt) -> [(pod, container)]
+    let mut found: HashMap<(String, String), Vec<(&Pod, String)>> = HashMap::new();
+    for pod in &pods {
+        for container in pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()) {
+            let Some(uid) = marker(container, "EPHEMERA_SESSION_UID") else { continue };
+            let attempt = marker(container, "EPHEMERA_ATTEMPT").unwrap_or_default();
+            census.containers += 1;
+            found.entry((uid, attempt)).or_default().push((pod, container.name.clone()));
+        }
+    }
+    let uids: HashMap<String, &DebugSession> =
+        sessions.iter().filter_map(|s| Some((s.metadata.uid.clone()?, s))).collect();
+    for ((uid, _), places) in &found {
+        if !uids.contains_key(uid) && !retired.contains(uid) {
+            census.orphans += places.len();
+            census.problem(format!("orphan container {} in pod {}", places[0].1, places[0].0.name_any()));
+        }
+        if places.len() > 1 {
+            census.duplicates += places.len() - 1;
+            let names: Vec<String> = places.iter().map(|(p, c)| format!("{}/{c}", p.name_any())).collect();
+            census.problem(format!("duplicates: {names:?}"));
+        }
+    }
+    for session in &sessions {
+        let name = session.name_any();
+        let wanted = want(session);
+        let uid = session.metadata.uid.clone().unwrap_or_default();
+        let attempt = session.spec.attempt.to_string();
+        let places = found.get(&(uid, attempt)).map(Vec::as_slice).unwrap_or_default();
+        let status = session.status.clone().unwrap_or_default();
+        if wanted.container && places.is_empty() {
+            census.lost += 1;
+            census.problem(format!("{name}: no container ({:?} {:?})", status.phase, status.message));
+            continue;
+        }
+        let mut problem = None;
+        let injected_truthfully = status.phase == Some(Phase::Injected)
+            && places.first().is_some_and(|(pod, c)| {
+                status.container_name.as_deref() == Some(c)
+                    && status.pod_name == pod.metadata.name
+                    && !running_in(pod, c)
+            });
+        if wanted.phase == Phase::Running && injected_truthfully {
+            census.waiting_for_kubelet += 1;
+        }
+        if status.phase != Some(wanted.phase) || status.reason != wanted.reason {
+            problem = Some(format!("{:?}/{:?}: {:?}", status.phase, status.reason, status.message));
+        } else if let Some((pod, container)) = places.first() {
+            if status.container_name.as_deref() != Some(container) || status.pod_name != pod.metadata.name {
+                problem = Some(format!(
+                    "status names {:?} in {:?}, the container is {container} in {}",
+                    status.container_name,
+                    status.pod_name,
+                    pod.name_any()
+                ));
+            } else if wanted.phase == Phase::Running && !running_in(pod, container) {
+                problem = Some(format!("Running, but the kubelet does not say {container} runs"));
+            }
+        }
+        if let Some(problem) = problem {
+            census.stuck += 1;
+            census.problem(format!("{name}: {problem}"));
+        }
+    }
+    census
+}
+
+/// When a census first showed the operator's part done, and when it was clean.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Converged {
+    /// Every container in its pod exactly once, and every status true (at least
+    /// Injected where the kubelet has yet to start a container).
+    pub operator_done: Option<Instant>,
+    /// Everything as wanted.
+    pub clean: Option<Instant>,
+}
+
+/// Takes a census every half second until it is clean or `timeout` passes.
+pub async fn converge(
+    env: &TestEnv,
+    timeout: Duration,
+    want: impl Fn(&DebugSession) -> Want + Copy,
+) -> (Census, Converged) {
+    converge_with(env, timeout, &HashSet::new(), want).await
+}
+
+/// [`converge`] with [`census_retiring`].
+pub async fn converge_with(
+    env: &TestEnv,
+    timeout: Duration,
+    retired: &HashSet<String>,
+    want: impl Fn(&DebugSession) -> Want + Copy,
+) -> (Census, Converged) {
+    let deadline = Instant::now() + timeout;
+    let mut converged = Converged::default();
+    loop {
+        let census = census_retiring(env, retired, want).await;
+        let now = Instant::now();
+        if converged.operator_done.is_none()
+            && census.duplicates + census.orphans + census.lost == 0
+            && census.stuck == census.waiting_for_kubelet
+        {
+            converged.operator_done = Some(now);
+        }
+        if census.clean() {
+            converged.clean = Some(now);
+            return (census, converged);
+        }
+        if now >= deadline {
+            return (census, converged);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Prints the test's one summary line and appends it to target/faults-summary.txt.
+pub fn summary(test: &str, line: &str) {
+    let text = format!("FAULTS {test}: {line}");
+    println!("{text}");
+    let path = repo_root().join("target/faults-summary.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{} {text}", k8s_openapi::jiff::Timestamp::now());
+    }
+}
+
+/// Seconds, for summary lines.
+pub fn secs(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+/// A small deterministic generator (xorshift64*), seeded from FAULTS_SEED or the clock;
+/// summary lines print the seed so that a run can be repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> (Self, u64) {
+        let seed = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            now.as_nanos() as u64 | 1
+        });
+        (Self(seed.max(1)), seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A duration in `[low, high)`.
+    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        let span = (high - low).as_millis().max(1) as u64;
+        low + Duration::from_millis(self.next() % span)
+    }
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or_default()
+        * 1024
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
+}
