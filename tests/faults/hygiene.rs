@@ -25,10 +25,8 @@ async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let sessions = env.sessions.list(&ListParams::default()).await.unwrap().items;
-        let done = sessions
-            .iter()
-            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Terminated))
-            .count();
+        let done =
+            sessions.iter().filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Terminated)).count();
         if done == count {
             break;
         }
@@ -57,7 +55,9 @@ async fn quiet(port: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = scrape(port).await;
-        if metric(&text, "ephemera_reconciles_in_flight") == 0.0 && metric(&text, "ephemera_event_tasks_in_flight") == 0.0 {
+        if metric(&text, "ephemera_reconciles_in_flight") == 0.0
+            && metric(&text, "ephemera_event_tasks_in_flight") == 0.0
+        {
             return text;
         }
         assert!(Instant::now() < deadline, "the operator never became quiet:\n{text}");
@@ -115,7 +115,14 @@ async fn resource_hygiene() {
     let mib = |bytes: u64| format!("{:.1}MiB", bytes as f64 / 1048576.0);
     let figures: Vec<String> = GAUGES
         .iter()
-        .map(|g| format!("{}={}→{}", g.trim_start_matches("ephemera_"), metric(&baseline_metrics, g), metric(&after_metrics, g)))
+        .map(|g| {
+            format!(
+                "{}={}→{}",
+                g.trim_start_matches("ephemera_"),
+                metric(&baseline_metrics, g),
+                metric(&after_metrics, g)
+            )
+        })
         .collect();
     let line = format!(
         "{total} sessions (after 50 for the baseline) in {}: RSS {} → peak {} → {} ({:+.1}%); {}; watches open={watches}; requests={}",

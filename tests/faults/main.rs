@@ -19,6 +19,6 @@ mod support;
 mod churn;
 mod crash_storm;
 mod hot_pod;
+mod hygiene;
 mod network;
 mod restarts;
-mod hygiene;

@@ -151,7 +151,8 @@ async fn flapping_network() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let frozen = proxy.counts().frozen;
+    let counts = proxy.counts();
+    let frozen = counts.frozen;
     let after = scrape(port).await;
     proxy.set(Net::Pass);
     let back = Instant::now();
@@ -175,10 +176,12 @@ async fn flapping_network() {
     let requests = metric(&after, "ephemera_api_requests_total") - metric(&before, "ephemera_api_requests_total");
     let worst = |m: &HashMap<String, Duration>| m.values().max().copied().unwrap_or_default();
     let line = format!(
-        "drops of 20 s: served {} and {} after the network came back; black hole of {} ({frozen} connections frozen, new ones passed; {requests} requests meanwhile): start timeouts {}/4 met at most {} late, TTLs {}/4 met at most {} late, {} sessions created during it served after at most {}; after it: served {} later; {}",
+        "drops of 20 s: served {} and {} after the network came back; black hole of {} ({frozen} connections frozen, new ones passed; {} connections in all, {} refused during the drops; {requests} requests meanwhile): start timeouts {}/4 met at most {} late, TTLs {}/4 met at most {} late, {} sessions created during it served after at most {}; after it: served {} later; {}",
         secs(drops[0]),
         secs(drops[1]),
         secs(length),
+        counts.accepted,
+        counts.refused,
         timeouts.len(),
         secs(worst(&timeouts)),
         ttls.len(),
