@@ -842,6 +842,7 @@ async fn publish_status(
     if guarded {
         patch["metadata"] = serde_json::json!({ "resourceVersion": session.metadata.resource_version });
     }
+    tracing::trace!(session = %session.name_any(), ?old, ?new, "status write");
     ctx.metrics.request("patch", "debugsessions/status");
     let written = sessions
         .patch_status(&session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))

@@ -489,12 +489,6 @@ pub struct DebugSessionStatus {
     #[schemars(length(max = 1000))]
     pub omitted_from_target: Vec<String>,
 
-    /// Every ephemeral container the pod holds, this session's and anyone else's
-    /// (`kubectl debug`, other sessions), oldest first: none can ever be removed.
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 10000))]
-    pub ephemeral_containers_in_pod: Vec<String>,
-
     /// The spec generation this status reflects.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -169,7 +169,6 @@ fn decide_with_pods(
             status.pod_name = None;
             status.pod_uid = None;
             status.containers.clear();
-            status.ephemeral_containers_in_pod.clear();
             clear_current(&mut status);
             status.phase = Some(Phase::Pending);
             status.message = Some(format!("{why}; choosing a pod again"));
@@ -191,7 +190,6 @@ fn decide_with_pods(
             status.pod_uid = None;
             status.pod_name = session.spec.target.pod.clone();
             status.containers.clear();
-            status.ephemeral_containers_in_pod.clear();
             clear_current(&mut status);
             return report(fail(status, failure));
         }
@@ -199,8 +197,6 @@ fn decide_with_pods(
 
     status.pod_name = pod.metadata.name.clone();
     status.pod_uid = pod.metadata.uid.clone();
-    status.ephemeral_containers_in_pod =
-        pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone()).collect();
     let attempt = session.spec.attempt;
     // A predecessor's later attempts are its own business (see docs/gitops.md).
     let marked: Vec<Marked> =

@@ -64,7 +64,10 @@ async fn hot_pod() {
             [one] => {
                 let mine = serde_json::to_value(one).unwrap();
                 for field in ["image", "imagePullPolicy", "command", "stdin", "tty", "targetContainerName"] {
-                    if mine[field] != sent[field] {
+                    // The API server omits false booleans.
+                    let stored =
+                        if mine[field].is_null() && sent[field] == false { &sent[field] } else { &mine[field] };
+                    if *stored != sent[field] {
                         rivals_altered += 1;
                     }
                 }
