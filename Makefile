@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build image image-import crds manifests check-generated test unit-test build-tests suites e2e-test versions-test matrix-test demo demo-stop demo-check lint bench bench-long bench-smoke e2e-lane
+.PHONY: build image image-import crds manifests check-generated test unit-test build-tests suites e2e-test versions-test matrix-test test-faults faults-shared faults-restarts demo demo-stop demo-check lint bench bench-long bench-smoke e2e-lane
 
 build:
 	$(CARGO) build --release --locked
@@ -56,9 +56,10 @@ unit-test: $(HELM)
 # Everything CI runs: lint and unit tests, the cluster harness acceptance, then two lanes at
 # once: the end-to-end tests on the main cluster (which they start through tests/cluster/up.sh
 # themselves) followed by the benchmark's smoke run, and the old Kubernetes versions on clusters
-# of their own (harness acceptance, then ephemera's version matrix); then the demo. Every binary
+# of their own (harness acceptance, then ephemera's version matrix); then the fault suite, alone
+# because its recovery times must not be measured on a machine busy with other suites; then the demo. Every binary
 # is built before the lanes start, so that no build slows a lane down.
-test: lint unit-test cluster-test cluster-deps-versions build-tests suites demo-check
+test: lint unit-test cluster-test cluster-deps-versions build-tests suites test-faults demo-check
 
 suites:
 	$(MAKE) -j2 --output-sync=target e2e-lane versions-test
@@ -70,7 +71,7 @@ e2e-lane:
 
 build-tests: $(HELM) image
 	$(CARGO) build --locked
-	$(CARGO) test --locked --test e2e --test exclusive --test matrix --bench ephemera --no-run
+	$(CARGO) test --locked --test e2e --test exclusive --test matrix --test faults --bench ephemera --no-run
 
 # The run is bounded (it normally takes under a minute): a wedged cluster fails the
 # target instead of eating CI's whole time budget.
@@ -89,6 +90,30 @@ MATRIX_TIMEOUT ?= 15m
 matrix-test: build-tests cluster-deps-versions
 	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(MATRIX_TIMEOUT) \
 		$(CARGO) test --locked --test matrix -- --test-threads=$${MATRIX_THREADS:-3}
+
+# The fault suite (tests/faults) on two cluster instances of its own, side by side: the tests
+# that stop the API server, etcd or the kubelet on one, the others (3 at a time) on the other.
+# Each test prints a summary line `FAULTS <test>: ...`, also kept in target/faults-summary.txt.
+# A cluster is left running when its tests fail, to look at; `tests/cluster/down.sh --all` stops it.
+FAULTS_DIR ?= /tmp/ephemera-faults
+FAULTS_RESTARTS_DIR ?= /tmp/ephemera-faults-restarts
+FAULTS_TIMEOUT ?= 25m
+test-faults: build-tests
+	rm -f target/faults-summary.txt
+	$(MAKE) -j2 --output-sync=target faults-shared faults-restarts
+	cat target/faults-summary.txt
+
+faults-shared:
+	EPHEMERA_CLUSTER_DIR=$(FAULTS_DIR) tests/cluster/up.sh
+	EPHEMERA_CLUSTER_DIR=$(FAULTS_DIR) timeout --kill-after=30s $(FAULTS_TIMEOUT) \
+		$(CARGO) test --locked --test faults -- --test-threads=$${FAULTS_THREADS:-3} --skip restarts::
+	EPHEMERA_CLUSTER_DIR=$(FAULTS_DIR) tests/cluster/down.sh
+
+faults-restarts:
+	EPHEMERA_CLUSTER_DIR=$(FAULTS_RESTARTS_DIR) tests/cluster/up.sh
+	EPHEMERA_CLUSTER_DIR=$(FAULTS_RESTARTS_DIR) timeout --kill-after=30s $(FAULTS_TIMEOUT) \
+		$(CARGO) test --locked --test faults -- --test-threads=1 restarts::
+	EPHEMERA_CLUSTER_DIR=$(FAULTS_RESTARTS_DIR) tests/cluster/down.sh
 
 # Brings up the cluster, runs the operator and debugs the tomcat-test pod.
 demo: cluster-up

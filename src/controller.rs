@@ -170,7 +170,6 @@ pub struct Context {
     pub policy: Policy,
     /// Every session, as the watch knows them (to count active ones for the policy).
     pub sessions: Store<GuardedSession>,
-    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub availability: Arc<AvailabilityCache>,
     pub index: TargetIndex,
@@ -182,12 +181,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// A Recorder for one transition's Events. Not kept: a Recorder caches every
+    /// Event it sent for six minutes (to count repeats), which after a burst of
+    /// sessions held 20 MiB; our Events mark transitions and seldom repeat.
+    fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), Reporter::from("ephemera"))
+    }
+
     pub fn new(client: Client, metrics: Arc<Metrics>, policy: Policy, sessions: Store<GuardedSession>) -> Arc<Self> {
-        let reporter: Reporter = "ephemera".into();
         Arc::new(Self {
             policy,
             sessions,
-            recorder: Recorder::new(client.clone(), reporter),
             availability: AvailabilityCache::new(client.clone(), RETRY_UNAVAILABLE),
             index: TargetIndex::default(),
             pods: PodReader::default(),
@@ -866,7 +870,7 @@ fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatu
         return;
     }
     let reference = session.object_ref(&());
-    let recorder = ctx.recorder.clone();
+    let recorder = ctx.recorder();
     let in_flight = InFlight::new(&ctx.metrics.event_tasks_in_flight);
     tokio::spawn(async move {
         let _in_flight = in_flight;
@@ -929,7 +933,7 @@ async fn report_undecodable(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+    if let Err(error) = ctx.recorder().publish(&event, &reference).await {
         tracing::warn!(%error, "could not publish event");
     }
     Ok(Action::await_change())

@@ -558,7 +558,8 @@ fn containers_of_other_writers_change_no_status() {
     // On a busy pod every other writer's container would otherwise be one more status write for every session.
     let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
     let alone = pod("Running", &[("debugger-abcde", running())]);
-    let crowded = pod("Running", &[("debugger-abcde", running()), ("debugger-x7k2p", running()), ("rival-1", running())]);
+    let crowded =
+        pod("Running", &[("debugger-abcde", running()), ("debugger-x7k2p", running()), ("rival-1", running())]);
     let before = decide_on(&s, Some(&alone), Some(&SERVED), 10).status;
     let after = decide_on(&s, Some(&crowded), Some(&SERVED), 10).status;
     assert_eq!(before, after);

@@ -489,3 +489,90 @@ async fn plain_manifests_are_accepted_by_the_api_server() {
         assert!(out.contains(kind), "{kind} missing in:\n{out}");
     }
 }
+
+/// Leader failover under load (the fault suite's list, here because it needs the
+/// chart's replicas): the leader is killed (a forced pod deletion, as a node loss
+/// looks to the API server) while 100 sessions are being created over 5 pods.
+/// The standby takes over; no session is lost and no container goes in twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_killed_during_100_creations_loses_and_repeats_nothing() {
+    const SESSIONS: usize = 100;
+    const PODS: usize = 5;
+    let env = TestEnv::without_operator("failover", &[]).await;
+    let pods: Vec<String> = (0..PODS).map(|i| format!("web-{i}")).collect();
+    futures::future::join_all(pods.iter().map(|pod| env.running_pod(pod, &["app"], &[]))).await;
+    let release = Release { name: "ephemera-failover".into(), namespace: env.namespace.clone() };
+    release.deploy("install", &env.namespace, &[]);
+    let leader = release.leader().await;
+
+    // Creations go on, ten at a time, while the leader dies.
+    let creating = {
+        let (sessions, pods) = (env.sessions.clone(), pods.clone());
+        tokio::spawn(async move {
+            let yamls: Vec<String> = (0..SESSIONS)
+                .map(|i| sleeping_session(&format!("s-{i}"), &format!("{{ pod: {} }}", pods[i % PODS]), ""))
+                .collect();
+            futures::StreamExt::for_each_concurrent(futures::stream::iter(yamls), 10, |yaml: String| {
+                let sessions = sessions.clone();
+                async move {
+                    let session: ephemera::crd::DebugSession = serde_saphyr::from_str(&yaml).unwrap();
+                    sessions.create(&Default::default(), &session).await.expect("create DebugSession");
+                }
+            })
+            .await;
+        })
+    };
+    while env.sessions.list(&Default::default()).await.unwrap().items.len() < SESSIONS / 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = Instant::now();
+    let (ok, out) = kubectl(&["delete", "pod", &leader, "-n", &env.namespace, "--grace-period=0", "--force"]);
+    assert!(ok, "{out}");
+    let created_when_killed = env.sessions.list(&Default::default()).await.unwrap().items.len();
+    let new_leader = release.leader().await;
+    let takeover = killed.elapsed();
+    assert_ne!(new_leader, leader);
+    creating.await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let (running, all_running) = loop {
+        let sessions = env.sessions.list(&Default::default()).await.unwrap().items;
+        let running =
+            sessions.iter().filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Running)).count();
+        if running == SESSIONS || Instant::now() > deadline {
+            break (running, killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Every session's container in its pod exactly once, and no other container.
+    let sessions = env.sessions.list(&Default::default()).await.unwrap().items;
+    let mut in_pods = Vec::new();
+    for pod in &pods {
+        in_pods.extend(env.ephemeral_names(pod).await.into_iter().map(|c| format!("{pod}/{c}")));
+    }
+    let mut claimed: Vec<String> = sessions
+        .iter()
+        .filter_map(|s| {
+            let status = s.status.as_ref()?;
+            Some(format!("{}/{}", status.pod_name.as_deref()?, status.container_name.as_deref()?))
+        })
+        .collect();
+    in_pods.sort();
+    claimed.sort();
+    let duplicates = in_pods.len() - {
+        let mut unique = in_pods.clone();
+        unique.dedup();
+        unique.len()
+    };
+    let orphans = in_pods.iter().filter(|c| claimed.binary_search(c).is_err()).count();
+    let lost = claimed.iter().filter(|c| in_pods.binary_search(c).is_err()).count() + (SESSIONS - claimed.len());
+    println!(
+        "FAULTS leader-failover: sessions={SESSIONS} pods={PODS} leader killed after {created_when_killed} creations; \
+         standby led after {:.1}s; all running {:.1}s after the kill; running={running} containers={} duplicates={duplicates} orphans={orphans} lost={lost}",
+        takeover.as_secs_f64(),
+        all_running.as_secs_f64(),
+        in_pods.len(),
+    );
+    assert_eq!((duplicates, orphans, lost), (0, 0, 0), "{in_pods:?}\n{claimed:?}");
+    assert_eq!(running, SESSIONS, "every session Running within 240 s of the kill");
+}

@@ -14,6 +14,8 @@ use crate::proxy::HttpProxy;
 use crate::support::{self, create_sessions, operator, rss, running_pods, secs};
 
 const PODS: usize = 10;
+/// Sessions served before the baseline is taken; the numbering of the later ones starts here.
+const WARM_UP: usize = 100;
 
 /// `count` sessions whose debug process exits at once, over the pods; waits
 /// until all are Terminated, then deletes them and waits until they are gone.
@@ -76,10 +78,12 @@ async fn resource_hygiene() {
     env.operator = Some(operator(&env.namespace, &proxy.kubeconfig(&env.namespace), port, &[], ""));
     let pid = env.operator.as_ref().unwrap().pid();
 
-    // The baseline: after a first round, so that what every process allocates once
-    // (connections, the runtime's workers, the first TLS handshake) is in it.
-    let mut pods = running_pods(&env, "hyg-w", PODS).await;
-    round(&env, 0, 50, &pods).await;
+    // The baseline: after a first round as large as the later ones, so that what a
+    // process allocates once (connections, the runtime's workers, the allocator's
+    // arenas at the round's concurrency) is in it, and only what grows with the
+    // number of sessions served shows.
+    let pods = running_pods(&env, "hyg-w", PODS).await;
+    round(&env, 0, WARM_UP, &pods).await;
     env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
     let baseline_metrics = quiet(port).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -87,19 +91,20 @@ async fn resource_hygiene() {
 
     let began = Instant::now();
     let mut peak = baseline;
-    let mut first = 50;
-    while first < 50 + total {
-        // Fresh pods every 300 sessions, so that no pod grows without end.
-        if (first - 50) % 300 == 0 {
-            pods = running_pods(&env, &format!("hyg-{first}"), PODS).await;
-        }
-        let count = batch.min(50 + total - first);
+    // RSS after each round: a leak keeps climbing, an allocator's high-water mark levels off.
+    let mut after_rounds = Vec::new();
+    let mut first = WARM_UP;
+    while first < WARM_UP + total {
+        // Fresh pods every round, so that every round is like the warm-up (a pod's
+        // size, with all its ephemeral containers, sets the size of every read of it).
+        let pods = running_pods(&env, &format!("hyg-{first}"), PODS).await;
+        let count = batch.min(WARM_UP + total - first);
         round(&env, first, count, &pods).await;
-        peak = peak.max(rss(pid));
+        let now = rss(pid);
+        peak = peak.max(now);
+        after_rounds.push(format!("{:.1}", now as f64 / 1048576.0));
         first += count;
-        if (first - 50) % 300 == 0 {
-            env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-        }
+        env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
     }
     env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
     let took = began.elapsed();
@@ -125,7 +130,7 @@ async fn resource_hygiene() {
         })
         .collect();
     let line = format!(
-        "{total} sessions (after 50 for the baseline) in {}: RSS {} → peak {} → {} ({:+.1}%); {}; watches open={watches}; requests={}",
+        "{total} sessions (after {WARM_UP} for the baseline) in {}: RSS {} → peak {} → {} ({:+.1}%); {}; watches open={watches}; requests={}; RSS after each round of {batch} (MiB): {}",
         secs(took),
         mib(baseline),
         mib(peak),
@@ -133,6 +138,7 @@ async fn resource_hygiene() {
         (after as f64 / baseline as f64 - 1.0) * 100.0,
         figures.join(" "),
         proxy.log().len(),
+        after_rounds.join(" "),
     );
     support::summary("resource-hygiene", &line);
     assert!(after <= baseline + baseline / 10, "RSS did not come back within 10 %: {line}");
