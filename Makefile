@@ -93,13 +93,13 @@ matrix-test: build-tests cluster-deps-versions
 
 # The fault suite (tests/faults) on two cluster instances of its own, side by side: the tests
 # that stop the API server, etcd or the kubelet on one, the others (3 at a time) on the other.
-# Each test prints a summary line `FAULTS <test>: ...`, also kept in target/faults-summary.txt.
+# Each test prints a summary line `FAULTS <test>: ...`, also appended to target/faults-summary.txt
+# (with the e2e lane's leader failover under load, which needs the chart's replicas).
 # A cluster is left running when its tests fail, to look at; `tests/cluster/down.sh --all` stops it.
 FAULTS_DIR ?= /tmp/ephemera-faults
 FAULTS_RESTARTS_DIR ?= /tmp/ephemera-faults-restarts
 FAULTS_TIMEOUT ?= 25m
 test-faults: build-tests
-	rm -f target/faults-summary.txt
 	$(MAKE) -j2 --output-sync=target faults-shared faults-restarts
 	cat target/faults-summary.txt
 

@@ -505,30 +505,27 @@ async fn leader_killed_during_100_creations_loses_and_repeats_nothing() {
     release.deploy("install", &env.namespace, &[]);
     let leader = release.leader().await;
 
-    // Creations go on, ten at a time, while the leader dies.
+    // Creations go on, one every 50 ms (about 6 s in all), while the leader dies.
     let creating = {
         let (sessions, pods) = (env.sessions.clone(), pods.clone());
         tokio::spawn(async move {
-            let yamls: Vec<String> = (0..SESSIONS)
-                .map(|i| sleeping_session(&format!("s-{i}"), &format!("{{ pod: {} }}", pods[i % PODS]), ""))
-                .collect();
-            futures::StreamExt::for_each_concurrent(futures::stream::iter(yamls), 10, |yaml: String| {
-                let sessions = sessions.clone();
-                async move {
-                    let session: ephemera::crd::DebugSession = serde_saphyr::from_str(&yaml).unwrap();
-                    sessions.create(&Default::default(), &session).await.expect("create DebugSession");
-                }
-            })
-            .await;
+            for i in 0..SESSIONS {
+                let yaml = sleeping_session(&format!("s-{i}"), &format!("{{ pod: {} }}", pods[i % PODS]), "");
+                let session: ephemera::crd::DebugSession = serde_saphyr::from_str(&yaml).unwrap();
+                sessions.create(&Default::default(), &session).await.expect("create DebugSession");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         })
     };
-    while env.sessions.list(&Default::default()).await.unwrap().items.len() < SESSIONS / 3 {
+    let created = || async { env.sessions.list(&Default::default()).await.unwrap().items.len() };
+    while created().await < SESSIONS / 3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let killed = Instant::now();
     let (ok, out) = kubectl(&["delete", "pod", &leader, "-n", &env.namespace, "--grace-period=0", "--force"]);
     assert!(ok, "{out}");
-    let created_when_killed = env.sessions.list(&Default::default()).await.unwrap().items.len();
+    let created_when_killed = created().await;
+    assert!(created_when_killed < SESSIONS, "the leader died while sessions were still being created");
     let new_leader = release.leader().await;
     let takeover = killed.elapsed();
     assert_ne!(new_leader, leader);
@@ -566,13 +563,21 @@ async fn leader_killed_during_100_creations_loses_and_repeats_nothing() {
     };
     let orphans = in_pods.iter().filter(|c| claimed.binary_search(c).is_err()).count();
     let lost = claimed.iter().filter(|c| in_pods.binary_search(c).is_err()).count() + (SESSIONS - claimed.len());
-    println!(
+    let line = format!(
         "FAULTS leader-failover: sessions={SESSIONS} pods={PODS} leader killed after {created_when_killed} creations; \
          standby led after {:.1}s; all running {:.1}s after the kill; running={running} containers={} duplicates={duplicates} orphans={orphans} lost={lost}",
         takeover.as_secs_f64(),
         all_running.as_secs_f64(),
         in_pods.len(),
     );
+    println!("{line}");
+    // Next to the fault suite's summary lines (make test-faults prints them).
+    if let Ok(mut file) =
+        std::fs::OpenOptions::new().create(true).append(true).open(repo_root().join("target/faults-summary.txt"))
+    {
+        use std::io::Write;
+        let _ = writeln!(file, "{} {line}", k8s_openapi::jiff::Timestamp::now());
+    }
     assert_eq!((duplicates, orphans, lost), (0, 0, 0), "{in_pods:?}\n{claimed:?}");
     assert_eq!(running, SESSIONS, "every session Running within 240 s of the kill");
 }
