@@ -222,5 +222,12 @@ async fn run(args: Args) -> i32 {
         }
     }
     say!("done in {:.0} s", started.elapsed().as_secs_f64());
+    // Figures of sessions that never got their container measure nothing: that is an error
+    // of the run (times are reported, never judged).
+    let failures = results.failures();
+    if !failures.is_empty() {
+        eprintln!("the run measured sessions that did not get their container:\n  {}", failures.join("\n  "));
+        return 1;
+    }
     0
 }

@@ -72,6 +72,33 @@ impl Results {
         self.load.1 = crate::latency::load_average();
     }
 
+    /// Scenarios whose debug containers did not all reach their pod, ephemera's or the floor's.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures: Vec<String> = self
+            .scenarios
+            .iter()
+            .flat_map(|s| {
+                s.trials.iter().filter(|t| t.in_spec_ms.is_none()).map(move |t| {
+                    format!(
+                        "{}: {:?} {} in {}: {}",
+                        s.key,
+                        t.who,
+                        t.name,
+                        t.pod,
+                        t.error.as_deref().unwrap_or("never in the pod spec")
+                    )
+                })
+            })
+            .collect();
+        if let Some(scale) = &self.scale {
+            let terminated = scale.finished.get("Terminated").copied().unwrap_or(0);
+            if terminated != scale.sessions {
+                failures.push(format!("scale: {} sessions ended {:?}", scale.sessions, scale.finished));
+            }
+        }
+        failures
+    }
+
     /// The tables, as markdown (they read well in a terminal too).
     pub fn table(&self) -> String {
         let mut out = String::new();
