@@ -99,6 +99,9 @@ matrix-test: build-tests cluster-deps-versions
 FAULTS_DIR ?= /tmp/ephemera-faults
 FAULTS_RESTARTS_DIR ?= /tmp/ephemera-faults-restarts
 FAULTS_TIMEOUT ?= 25m
+# The operator under fault is the image's release binary (`make image`), as shipped: the
+# debug build's own slowness would hide what the faults cost.
+faults-shared faults-restarts: export EPHEMERA_OPERATOR_BIN = $(CURDIR)/target/x86_64-unknown-linux-gnu/release/ephemera
 test-faults: build-tests
 	$(MAKE) -j2 --output-sync=target faults-shared faults-restarts
 	cat target/faults-summary.txt

@@ -133,7 +133,9 @@ impl Operator {
         std::fs::create_dir_all(&log_dir).unwrap();
         let log = log_dir.join(format!("{namespace}{log_suffix}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ephemera"))
+        // EPHEMERA_OPERATOR_BIN: another build of the operator, e.g. the image's release binary.
+        let binary = std::env::var_os("EPHEMERA_OPERATOR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ephemera").into());
+        let child = Command::new(binary)
             .args(["run", "--metrics-addr", metrics_addr])
             // Most tests install no admission policy recording the requester; those
             // that test it pass --require-requester=true after this.
