@@ -489,6 +489,13 @@ pub struct DebugSessionStatus {
     #[schemars(length(max = 1000))]
     pub omitted_from_target: Vec<String>,
 
+    /// The pod's ephemeral containers up to this attempt's own, oldest first: all that
+    /// its write kept (`kubectl debug`'s, other sessions'), then its own. Containers
+    /// added after it are not listed, so others' writes do not rewrite this status.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    pub ephemeral_containers_at_injection: Vec<String>,
+
     /// The spec generation this status reflects.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

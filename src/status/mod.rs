@@ -169,6 +169,7 @@ fn decide_with_pods(
             status.pod_name = None;
             status.pod_uid = None;
             status.containers.clear();
+            status.ephemeral_containers_at_injection.clear();
             clear_current(&mut status);
             status.phase = Some(Phase::Pending);
             status.message = Some(format!("{why}; choosing a pod again"));
@@ -190,6 +191,7 @@ fn decide_with_pods(
             status.pod_uid = None;
             status.pod_name = session.spec.target.pod.clone();
             status.containers.clear();
+            status.ephemeral_containers_at_injection.clear();
             clear_current(&mut status);
             return report(fail(status, failure));
         }
@@ -202,6 +204,11 @@ fn decide_with_pods(
     let marked: Vec<Marked> =
         marked_containers(session, pod).into_iter().filter(|m| !m.predecessor || m.attempt <= attempt).collect();
     status.containers = records(&marked, pod, prior, session, now);
+    status.ephemeral_containers_at_injection = marked
+        .iter()
+        .find(|m| m.attempt == attempt)
+        .map(|current| up_to(pod, &current.container.name))
+        .unwrap_or_default();
 
     // Only where no CEL rule refused it (Kubernetes before 1.25).
     if let Some(later) = marked.iter().find(|m| m.attempt > attempt) {
@@ -526,6 +533,20 @@ pub fn record_output(status: &mut DebugSessionStatus, capture: &Capture, output:
     if let Some(record) = records.iter_mut().find(|r| r.name == capture.container) {
         record.output = Some(output);
     }
+}
+
+/// The names of the pod's ephemeral containers, oldest first, up to and including `last`.
+fn up_to(pod: &Pod, last: &str) -> Vec<String> {
+    let names = pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone());
+    let mut kept = Vec::new();
+    for name in names {
+        let done = name == last;
+        kept.push(name);
+        if done {
+            break;
+        }
+    }
+    kept
 }
 
 /// Checks what was read against the spec. The previous status only names the

@@ -4,7 +4,8 @@ use crate::debug_container::build_ephemeral_container;
 use crate::ephemeral_api::ApiShape;
 use crate::target::MIRROR_POD_ANNOTATION;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, PodSpec, PodStatus,
+    Container, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, EphemeralContainer, PodSpec,
+    PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::collections::BTreeMap;
@@ -553,16 +554,40 @@ fn renewal_keeps_every_earlier_container() {
     assert_eq!(status.attempt, 1);
 }
 
+/// `pod` with containers of other writers (no markers) before and after the session's own.
+fn with_others(mut pod: Pod, before: &[&str], after: &[&str]) -> Pod {
+    let others = |names: &[&str]| -> Vec<EphemeralContainer> {
+        names.iter().map(|n| EphemeralContainer { name: n.to_string(), ..Default::default() }).collect()
+    };
+    let list = pod.spec.as_mut().unwrap().ephemeral_containers.get_or_insert_with(Vec::new);
+    list.splice(0..0, others(before));
+    list.extend(others(after));
+    pod
+}
+
 #[test]
 fn containers_of_other_writers_change_no_status() {
     // On a busy pod every other writer's container would otherwise be one more status write for every session.
     let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
     let alone = pod("Running", &[("debugger-abcde", running())]);
-    let crowded =
-        pod("Running", &[("debugger-abcde", running()), ("debugger-x7k2p", running()), ("rival-1", running())]);
+    let crowded = with_others(alone.clone(), &[], &["debugger-x7k2p", "rival-1"]);
     let before = decide_on(&s, Some(&alone), Some(&SERVED), 10).status;
     let after = decide_on(&s, Some(&crowded), Some(&SERVED), 10).status;
     assert_eq!(before, after);
+    assert_eq!(after.ephemeral_containers_at_injection, ["debugger-abcde"]);
+}
+
+#[test]
+fn the_containers_an_injection_kept_are_reported() {
+    let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
+    let p = with_others(pod("Running", &[("debugger-abcde", running())]), &["manual-1", "manual-2"], &["later"]);
+    let status = decide_on(&s, Some(&p), Some(&SERVED), 10).status;
+    assert_eq!(status.ephemeral_containers_at_injection, ["manual-1", "manual-2", "debugger-abcde"]);
+    // Nothing of this attempt in the pod: nothing to report, whatever the status said.
+    let mut forged = s.clone();
+    forged.status.as_mut().unwrap().ephemeral_containers_at_injection = vec!["forged".into()];
+    let status = decide_on(&forged, Some(&with_others(pod("Running", &[]), &["other"], &[])), Some(&SERVED), 10).status;
+    assert!(status.ephemeral_containers_at_injection.is_empty(), "{status:?}");
 }
 
 #[test]

@@ -380,7 +380,9 @@ async fn kubernetes_1_21_manual_procedure_then_ephemera() {
     let session = row.wait_phase("dbg", 0, Phase::Running).await;
     let status = session.status.unwrap();
     let third = status.container_name.unwrap();
-    assert_eq!(row.ephemeral_names().await, ["debugger-manual-1".to_string(), "debugger-manual-2".into(), third]);
+    let all_three = ["debugger-manual-1".to_string(), "debugger-manual-2".into(), third];
+    assert_eq!(row.ephemeral_names().await, all_three);
+    assert_eq!(status.ephemeral_containers_at_injection, all_three, "all three in status");
 }
 
 #[tokio::test(flavor = "multi_thread")]
