@@ -206,7 +206,12 @@ async fn target_churn() {
     check(
         &cases[4],
         FailureReason::TargetGone,
-        &["pod recreated-after was deleted", "replaced by a new pod of the same name"],
+        // The first verdict stands: what was seen first, the deletion under way, the gap or the new pod.
+        &[
+            "pod recreated-after was deleted",
+            "replaced by a new pod of the same name",
+            "pod recreated-after is being deleted",
+        ],
         &[],
     );
     check(&cases[5], FailureReason::TargetGone, &["pod graceful-waiting is being deleted"], &["is Running"]);

@@ -32,7 +32,33 @@ async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) {
         if done == count {
             break;
         }
-        assert!(Instant::now() < deadline, "only {done} of {count} sessions terminated\n{}", env.operator_log_tail());
+        if Instant::now() >= deadline {
+            // What the sessions and the kubelet say of each one left behind.
+            let mut report = String::new();
+            for session in
+                sessions.iter().filter(|s| s.status.as_ref().and_then(|st| st.phase) != Some(Phase::Terminated))
+            {
+                let status = session.status.clone().unwrap_or_default();
+                let kubelet = match status.pod_name.as_deref() {
+                    Some(pod) => env.pods.get_opt(pod).await.ok().flatten().and_then(|p| {
+                        let statuses = p.status?.ephemeral_container_statuses?;
+                        let name = status.container_name.as_deref()?;
+                        statuses.into_iter().find(|c| c.name == name).map(|c| format!("{:?}", c.state))
+                    }),
+                    None => None,
+                };
+                report += &format!(
+                    "\n{}: {:?} {:?} {:?} in {:?} ({:?}); the kubelet says {kubelet:?}",
+                    session.metadata.name.as_deref().unwrap_or_default(),
+                    status.phase,
+                    status.message,
+                    status.container_name,
+                    status.pod_name,
+                    status.waiting_reason,
+                );
+            }
+            panic!("only {done} of {count} sessions terminated:{report}\n{}", env.operator_log_tail());
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     env.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
