@@ -323,6 +323,16 @@ pub fn rss(pid: u32) -> u64 {
         * 1024
 }
 
+/// Open sockets of a process (its pooled API connections among them).
+pub fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:")))
+        .count()
+}
+
 /// CPU time (user + system) a process has used so far.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
