@@ -130,39 +130,19 @@ mod tests {
         });
         let reader = PodReader::default();
         let metrics = Metrics::new();
+        // The resourceVersion of the pod a read returns.
+        let version = async |fresh| {
+            reader.read(&api, "ns", "web", &metrics, fresh).await.unwrap().unwrap().metadata.resource_version
+        };
         reader.saw("ns", "web", Some("1"));
         for _ in 0..5 {
-            let read = reader.read(&api, "ns", "web", &metrics, false).await.unwrap().unwrap();
-            assert_eq!(read.metadata.resource_version.as_deref(), Some("1"));
+            assert_eq!(version(false).await.as_deref(), Some("1"));
         }
         reader.saw("ns", "web", Some("2"));
-        assert_eq!(
-            reader
-                .read(&api, "ns", "web", &metrics, false)
-                .await
-                .unwrap()
-                .unwrap()
-                .metadata
-                .resource_version
-                .as_deref(),
-            Some("2")
-        );
-        assert_eq!(
-            reader
-                .read(&api, "ns", "web", &metrics, false)
-                .await
-                .unwrap()
-                .unwrap()
-                .metadata
-                .resource_version
-                .as_deref(),
-            Some("2")
-        );
+        assert_eq!(version(false).await.as_deref(), Some("2"));
+        assert_eq!(version(false).await.as_deref(), Some("2"));
         // A fresh read always asks.
-        assert_eq!(
-            reader.read(&api, "ns", "web", &metrics, true).await.unwrap().unwrap().metadata.resource_version.as_deref(),
-            Some("3")
-        );
+        assert_eq!(version(true).await.as_deref(), Some("3"));
         reader.forget("ns", "web");
         assert!(reader.is_empty());
         drop(api);

@@ -521,3 +521,15 @@ pub fn metric(text: &str, name: &str) -> f64 {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Prints a fault test's one summary line and appends it to target/faults-summary.txt
+/// (`make test-faults` prints the file; the e2e leader failover writes there too).
+pub fn fault_summary(test: &str, line: &str) {
+    use std::io::Write;
+    let text = format!("FAULTS {test}: {line}");
+    println!("{text}");
+    let path = repo_root().join("target/faults-summary.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{} {text}", k8s_openapi::jiff::Timestamp::now());
+    }
+}

@@ -564,20 +564,13 @@ async fn leader_killed_during_100_creations_loses_and_repeats_nothing() {
     let orphans = in_pods.iter().filter(|c| claimed.binary_search(c).is_err()).count();
     let lost = claimed.iter().filter(|c| in_pods.binary_search(c).is_err()).count() + (SESSIONS - claimed.len());
     let line = format!(
-        "FAULTS leader-failover: sessions={SESSIONS} pods={PODS} leader killed after {created_when_killed} creations; \
+        "sessions={SESSIONS} pods={PODS} leader killed after {created_when_killed} creations; \
          standby led after {:.1}s; all running {:.1}s after the kill; running={running} containers={} duplicates={duplicates} orphans={orphans} lost={lost}",
         takeover.as_secs_f64(),
         all_running.as_secs_f64(),
         in_pods.len(),
     );
-    println!("{line}");
-    // Next to the fault suite's summary lines (make test-faults prints them).
-    if let Ok(mut file) =
-        std::fs::OpenOptions::new().create(true).append(true).open(repo_root().join("target/faults-summary.txt"))
-    {
-        use std::io::Write;
-        let _ = writeln!(file, "{} {line}", k8s_openapi::jiff::Timestamp::now());
-    }
+    crate::common::fault_summary("leader-failover", &line);
     assert_eq!((duplicates, orphans, lost), (0, 0, 0), "{in_pods:?}\n{claimed:?}");
     assert_eq!(running, SESSIONS, "every session Running within 240 s of the kill");
 }

@@ -2,7 +2,6 @@
 //! census of sessions and containers, and the summary line.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::ListParams;
 
-use crate::common::{Operator, TestEnv, repo_root};
+use crate::common::{Operator, TestEnv};
 
 /// A fresh namespace `faults-<name>`, without an operator, once pods can be
 /// created in it (its default ServiceAccount exists: after a restart of the API
@@ -270,15 +269,7 @@ pub async fn converge_with(
     }
 }
 
-/// Prints the test's one summary line and appends it to target/faults-summary.txt.
-pub fn summary(test: &str, line: &str) {
-    let text = format!("FAULTS {test}: {line}");
-    println!("{text}");
-    let path = repo_root().join("target/faults-summary.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(file, "{} {text}", k8s_openapi::jiff::Timestamp::now());
-    }
-}
+pub use crate::common::fault_summary as summary;
 
 /// Seconds, for summary lines.
 pub fn secs(duration: Duration) -> String {
