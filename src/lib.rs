@@ -1,5 +1,6 @@
 //! ephemera: declarative debugging of running pods with ephemeral containers.
 
+pub mod api_client;
 pub mod controller;
 pub mod crd;
 pub mod debug_container;

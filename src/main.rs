@@ -149,8 +149,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // kube's retry layer, which honours the Retry-After of a starting API server
             // and so held a watch back 5 s after /readyz.
             watch_config.default_retry = false;
-            let client = kube::Client::try_from(config)?;
-            let watch_client = kube::Client::try_from(watch_config)?;
+            let client = ephemera::api_client::client(config)?;
+            let watch_client = ephemera::api_client::client(watch_config)?;
             controller::check_crd_served(&client, namespace.as_deref()).await?;
             let metrics = Arc::new(Metrics::new());
             let health = if leader_elect { Arc::new(server::Health::default()) } else { server::Health::sole_leader() };
