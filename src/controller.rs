@@ -78,11 +78,22 @@ impl Error {
 }
 
 /// What this operator last wrote to each session's status, so that the echo
-/// of its own write wakes nothing, and so that only a status it wrote (or
-/// checked) itself may spare a finished session its reads.
+/// of its own write wakes nothing, so that only a status it wrote (or
+/// checked) itself may spare a finished session its reads, and so that a
+/// reconcile woken (by a pod event) before the echo arrived starts from what
+/// it wrote, not from the older copy in the cache.
 #[derive(Default)]
 struct OwnWrites {
-    by_uid: Mutex<HashMap<String, (Option<String>, u64)>>,
+    by_uid: Mutex<HashMap<String, OwnWrite>>,
+}
+
+#[derive(Clone)]
+struct OwnWrite {
+    /// The resourceVersion the write produced.
+    written: Option<String>,
+    status_hash: u64,
+    /// Until the echo arrives: the version the write was based on, and what it wrote.
+    pending: Option<(Option<String>, Arc<DebugSessionStatus>)>,
 }
 
 fn status_hash(status: Option<&DebugSessionStatus>) -> u64 {
@@ -92,25 +103,56 @@ fn status_hash(status: Option<&DebugSessionStatus>) -> u64 {
 }
 
 impl OwnWrites {
-    fn entry(&self, session: &DebugSession) -> Option<(Option<String>, u64)> {
+    fn entry(&self, session: &DebugSession) -> Option<OwnWrite> {
         let uid = session.metadata.uid.as_ref()?;
         self.by_uid.lock().expect("own writes lock").get(uid).cloned()
     }
 
     /// The watch event that our own status write caused: nothing new in it.
+    /// From then on the cache has the write, and its copy is dropped.
     fn is_echo(&self, session: &DebugSession) -> bool {
-        let rv = session.metadata.resource_version.as_ref();
-        self.entry(session).is_some_and(|(written, _)| written.as_ref() == rv && rv.is_some())
+        let (Some(uid), Some(rv)) = (session.metadata.uid.as_ref(), session.metadata.resource_version.as_ref()) else {
+            return false;
+        };
+        let mut by_uid = self.by_uid.lock().expect("own writes lock");
+        let Some(own) = by_uid.get_mut(uid) else { return false };
+        let echo = own.written.as_ref() == Some(rv);
+        if echo {
+            own.pending = None;
+        }
+        echo
     }
 
     fn status_is_own(&self, session: &DebugSession) -> bool {
-        self.entry(session).is_some_and(|(_, hash)| hash == status_hash(session.status.as_ref()))
+        self.entry(session).is_some_and(|own| own.status_hash == status_hash(session.status.as_ref()))
+    }
+
+    /// `session` as the API server has it after our last write, when the cache
+    /// still holds the very version that write was based on. Any other version
+    /// (a newer spec, a status someone else wrote) is taken as it is.
+    fn caught_up(&self, session: &DebugSession) -> Option<DebugSession> {
+        let own = self.entry(session)?;
+        let (based_on, status) = own.pending?;
+        if based_on != session.metadata.resource_version || own.written == session.metadata.resource_version {
+            return None;
+        }
+        let mut current = session.clone();
+        current.metadata.resource_version = own.written;
+        current.status = Some(status.as_ref().clone());
+        Some(current)
     }
 
     fn record(&self, session: &DebugSession, resource_version: Option<String>, status: &DebugSessionStatus) {
         if let Some(uid) = &session.metadata.uid {
-            let entry = (resource_version, status_hash(Some(status)));
-            self.by_uid.lock().expect("own writes lock").insert(uid.clone(), entry);
+            let mut by_uid = self.by_uid.lock().expect("own writes lock");
+            let pending = if resource_version != session.metadata.resource_version {
+                Some((session.metadata.resource_version.clone(), Arc::new(status.clone())))
+            } else {
+                // Nothing written: a copy still waiting for its echo stays.
+                by_uid.get(uid).filter(|own| own.written == resource_version).and_then(|own| own.pending.clone())
+            };
+            let own = OwnWrite { written: resource_version, status_hash: status_hash(Some(status)), pending };
+            by_uid.insert(uid.clone(), own);
         }
     }
 
@@ -529,6 +571,8 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Timestamp::now();
 
+    let caught_up = ctx.own.caught_up(session);
+    let session = caught_up.as_ref().unwrap_or(session);
     let reads = reads_for(session, ctx.own.status_is_own(session));
     let mut inputs = read(ctx, &pods, &reads, false).await?;
     let mut current = session.clone();
@@ -537,6 +581,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let mut decision = status::decide(&current, &inputs.observed(now, ctx, active));
     let mut stale_pods = 0;
     let mut looked_again = false;
+    let mut claimed = false;
     loop {
         match std::mem::replace(&mut decision.next, Next::Wait) {
             Next::Wait => {
@@ -620,7 +665,12 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 let injections = allowed;
                 // The claim: written only if the session is unchanged since it was read,
                 // so a deleted session, or one another operator claimed, gets nothing.
-                current.metadata.resource_version =
+                // A retry of this reconcile's own claim (the pod changed under the
+                // write) is the same attempt, already fenced.
+                let claim_stands = claimed && current.status.as_ref() == Some(&decision.status);
+                current.metadata.resource_version = if claim_stands {
+                    current.metadata.resource_version.clone()
+                } else {
                     match publish_status(ctx, &sessions, &current, &decision.status, true).await {
                         Ok(rv) => rv,
                         Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
@@ -630,7 +680,9 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                             return Ok(Action::await_change());
                         }
                         Err(error) => return Err(error),
-                    };
+                    }
+                };
+                claimed = true;
                 current.status = Some(decision.status.clone());
                 let shape = match &inputs.availability {
                     Some(Availability::Available(shape)) => *shape,
@@ -1086,5 +1138,34 @@ mod tests {
         assert!(own.status_is_own(&session), "but the status is still ours");
         session.status.as_mut().unwrap().pod_name = Some("elsewhere".into());
         assert!(!own.status_is_own(&session), "a status someone else wrote is checked first");
+    }
+
+    #[test]
+    fn a_reconcile_before_the_echo_starts_from_what_was_written() {
+        let own = OwnWrites::default();
+        let mut cached = DebugSession::new(
+            "s",
+            serde_json::from_value(serde_json::json!({ "target": { "pod": "web" }, "image": "busybox" })).unwrap(),
+        );
+        cached.metadata.uid = Some("u1".into());
+        cached.metadata.resource_version = Some("7".into());
+        cached.status = Some(DebugSessionStatus { phase: Some(Phase::Pending), ..Default::default() });
+        let injected = DebugSessionStatus { phase: Some(Phase::Injected), ..Default::default() };
+        assert!(own.caught_up(&cached).is_none(), "nothing written yet");
+        own.record(&cached, Some("8".into()), &injected);
+        let current = own.caught_up(&cached).expect("the cache still has version 7");
+        assert_eq!(current.metadata.resource_version.as_deref(), Some("8"));
+        assert_eq!(current.status, Some(injected.clone()));
+        // A reconcile that finds nothing new to write keeps the copy until the echo.
+        own.record(&current, Some("8".into()), &injected);
+        assert!(own.caught_up(&cached).is_some());
+        let mut newer = cached.clone();
+        newer.metadata.resource_version = Some("9".into());
+        assert!(own.caught_up(&newer).is_none(), "a newer version (another writer, a spec change) is taken as it is");
+        let mut echo = current.clone();
+        assert!(own.is_echo(&echo));
+        assert!(own.caught_up(&cached).is_none(), "after the echo the cache is current");
+        echo.metadata.resource_version = Some("10".into());
+        assert!(!own.is_echo(&echo));
     }
 }
