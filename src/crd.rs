@@ -489,9 +489,10 @@ pub struct DebugSessionStatus {
     #[schemars(length(max = 1000))]
     pub omitted_from_target: Vec<String>,
 
-    /// The pod's ephemeral containers up to this attempt's own, oldest first: all that
-    /// its write kept (`kubectl debug`'s, other sessions'), then its own. Containers
-    /// added after it are not listed, so others' writes do not rewrite this status.
+    /// The pod's ephemeral containers when this attempt's own was added: all that its
+    /// write kept (`kubectl debug`'s, other sessions'), then its own. Taken from the pod
+    /// the write answered with, and kept while the pod bears it out, so containers added
+    /// later (`kubectl debug` puts its own first in the list) do not rewrite this status.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10000))]
     pub ephemeral_containers_at_injection: Vec<String>,

@@ -8,6 +8,7 @@
 
 mod conditions;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, EphemeralContainer, Pod};
@@ -207,7 +208,7 @@ fn decide_with_pods(
     status.ephemeral_containers_at_injection = marked
         .iter()
         .find(|m| m.attempt == attempt)
-        .map(|current| up_to(pod, &current.container.name))
+        .map(|current| at_injection(pod, &current.container.name, &prior.ephemeral_containers_at_injection))
         .unwrap_or_default();
 
     // Only where no CEL rule refused it (Kubernetes before 1.25).
@@ -536,6 +537,21 @@ pub fn record_output(status: &mut DebugSessionStatus, capture: &Capture, output:
 }
 
 /// The names of the pod's ephemeral containers, oldest first, up to and including `last`.
+/// The pod's ephemeral containers when `own` was added. Read from the pod the
+/// write answered with (a JSON-patch append puts `own` last), and kept from
+/// then on while the pod bears it out: every name in it, `own` last. The
+/// order in the pod does not keep the history, since a strategic merge patch
+/// (`kubectl debug`'s) puts its container first.
+fn at_injection(pod: &Pod, own: &str, recorded: &[String]) -> Vec<String> {
+    let in_pod: HashSet<&str> =
+        pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.as_str()).collect();
+    let unique: HashSet<&str> = recorded.iter().map(String::as_str).collect();
+    let borne_out = recorded.last().is_some_and(|last| last == own)
+        && unique.len() == recorded.len()
+        && recorded.iter().all(|name| in_pod.contains(name.as_str()));
+    if borne_out { recorded.to_vec() } else { up_to(pod, own) }
+}
+
 fn up_to(pod: &Pod, last: &str) -> Vec<String> {
     let names = pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone());
     let mut kept = Vec::new();

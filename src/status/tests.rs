@@ -578,6 +578,23 @@ fn containers_of_other_writers_change_no_status() {
 }
 
 #[test]
+fn containers_that_kubectl_debug_puts_first_change_no_status() {
+    // A strategic merge patch (kubectl debug's) puts its container at the head of the list.
+    let mut s =
+        session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
+    let at_write = with_others(pod("Running", &[("debugger-abcde", running())]), &["manual-1"], &[]);
+    let recorded = decide_on(&s, Some(&at_write), Some(&SERVED), 10).status;
+    assert_eq!(recorded.ephemeral_containers_at_injection, ["manual-1", "debugger-abcde"]);
+    s.status = Some(recorded.clone());
+    let later = with_others(at_write.clone(), &["debugger-x7k2p", "rival-1"], &["rival-2"]);
+    assert_eq!(decide_on(&s, Some(&later), Some(&SERVED), 10).status, recorded);
+    // A recorded list the pod does not bear out is read from the pod again.
+    s.status.as_mut().unwrap().ephemeral_containers_at_injection = vec!["gone".into(), "debugger-abcde".into()];
+    let status = decide_on(&s, Some(&at_write), Some(&SERVED), 10).status;
+    assert_eq!(status.ephemeral_containers_at_injection, ["manual-1", "debugger-abcde"]);
+}
+
+#[test]
 fn the_containers_an_injection_kept_are_reported() {
     let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
     let p = with_others(pod("Running", &[("debugger-abcde", running())]), &["manual-1", "manual-2"], &["later"]);
