@@ -116,11 +116,11 @@ pub fn classify_refusal(status: &kube::core::Status) -> Refusal {
         ));
     }
     // The pod changed since it was read: a name was taken (by someone else, or by
-    // this very container), or the list the patch expected is not as it was.
+    // this very container), or another pod of that name took its place.
     let name_taken = status.code == 422
         && (status.message.contains("may not be changed")
             || status.message.contains("Duplicate value")
-            || status.message.contains("the server rejected our request due to an error in our request"));
+            || status.message.contains("metadata.uid"));
     match status.code {
         404 | 409 => Refusal::StalePod,
         _ if name_taken => Refusal::StalePod,
@@ -197,9 +197,12 @@ pub async fn add_ephemeral_container(
     match shape {
         ApiShape::PodSubresource => {
             let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-            let patch: json_patch::Patch =
-                serde_json::from_value(json_append(pod, container)).map_err(kube::Error::SerdeError)?;
-            pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Json::<()>(patch)).await
+            pods.patch_ephemeral_containers(
+                name,
+                &PatchParams::default(),
+                &Patch::Strategic(merge_patch(pod, container)),
+            )
+            .await
         }
         ApiShape::LegacyEphemeralContainers => {
             let path = subresource_path(namespace, name);
@@ -236,25 +239,18 @@ pub async fn add_ephemeral_container(
     }
 }
 
-/// The JSON patch that appends `container` to the pod's ephemeral containers.
-/// A pod shown without any gets the list only if it still has none. Only the
-/// pod that was read takes it: one deleted and created again under the same
-/// name since then has another UID, and the patch is refused.
-pub fn json_append(pod: &Pod, container: &EphemeralContainer) -> serde_json::Value {
-    let mut ops: Vec<serde_json::Value> = pod
-        .metadata
-        .uid
-        .iter()
-        .map(|uid| serde_json::json!({ "op": "test", "path": "/metadata/uid", "value": uid }))
-        .collect();
-    let has_any = pod.spec.as_ref().and_then(|s| s.ephemeral_containers.as_ref()).is_some_and(|c| !c.is_empty());
-    if has_any {
-        ops.push(serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers/-", "value": container }));
-    } else {
-        ops.push(serde_json::json!({ "op": "test", "path": "/spec/ephemeralContainers", "value": null }));
-        ops.push(serde_json::json!({ "op": "add", "path": "/spec/ephemeralContainers", "value": [container] }));
+/// The strategic merge patch that adds `container` to the pod's ephemeral
+/// containers, as `kubectl debug` sends it: merged by name into whatever list
+/// the pod has by then, so no other writer's container is lost and no other
+/// write conflicts with it. Only the pod that was read takes it: one deleted
+/// and created again under the same name has another UID, which a patch may
+/// not change, and the patch is refused.
+pub fn merge_patch(pod: &Pod, container: &EphemeralContainer) -> serde_json::Value {
+    let mut patch = serde_json::json!({ "spec": { "ephemeralContainers": [container] } });
+    if let Some(uid) = &pod.metadata.uid {
+        patch["metadata"] = serde_json::json!({ "uid": uid });
     }
-    serde_json::Value::Array(ops)
+    patch
 }
 
 fn with_ephemeral_containers(pod: &Pod, containers: Vec<EphemeralContainer>) -> Pod {
@@ -422,45 +418,35 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn pod_shape_appends_one_container_without_a_version() {
+        async fn pod_shape_merges_one_container_without_a_version() {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let server = tokio::spawn(async move {
-                let mut patches = Vec::new();
-                for _ in 0..2 {
-                    let (request, send) = handle.next_request().await.unwrap();
-                    assert_eq!(request.method(), Method::PATCH);
-                    assert_eq!(request.uri().path(), path());
-                    assert_eq!(request.headers()["content-type"], "application/json-patch+json");
-                    let body = request.into_body().collect_bytes().await.unwrap();
-                    send.send_response(
-                        Response::builder().body(Body::from(serde_json::to_vec(&recorded_pod()).unwrap())).unwrap(),
-                    );
-                    patches.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
-                }
-                patches
+                let (request, send) = handle.next_request().await.unwrap();
+                assert_eq!(request.method(), Method::PATCH);
+                assert_eq!(request.uri().path(), path());
+                assert_eq!(request.headers()["content-type"], "application/strategic-merge-patch+json");
+                let body = request.into_body().collect_bytes().await.unwrap();
+                send.send_response(
+                    Response::builder().body(Body::from(serde_json::to_vec(&recorded_pod()).unwrap())).unwrap(),
+                );
+                assert!(handle.next_request().await.is_none(), "one write, nothing before or after it");
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap()
             });
             let client = Client::new(service, "default");
             let mut pod = recorded_pod();
             pod.metadata.uid = Some("uid-1".into());
-            add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
             pod.spec.get_or_insert_default().ephemeral_containers =
                 Some(vec![EphemeralContainer { name: "old".into(), ..Default::default() }]);
             add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
-            let patches = server.await.unwrap();
-            let new = new_container().name;
-            let same_pod = serde_json::json!({ "op": "test", "path": "/metadata/uid", "value": "uid-1" });
-            assert_eq!(patches[0][0], same_pod, "only the pod that was read, not a new one of the same name");
+            drop(client);
+            let patch = server.await.unwrap();
             assert_eq!(
-                patches[0][1],
-                serde_json::json!({ "op": "test", "path": "/spec/ephemeralContainers", "value": null }),
-                "the first container only if the pod still has none"
-            );
-            assert_eq!(patches[0][2]["path"], "/spec/ephemeralContainers");
-            assert_eq!(patches[0][2]["value"][0]["name"], new.as_str());
-            assert_eq!(
-                patches[1],
-                serde_json::json!([same_pod, { "op": "add", "path": "/spec/ephemeralContainers/-", "value": new_container() }]),
-                "appended after the others, with no resourceVersion: unrelated writers never conflict"
+                patch,
+                serde_json::json!({
+                    "metadata": { "uid": "uid-1" },
+                    "spec": { "ephemeralContainers": [new_container()] },
+                }),
+                "only the new container (the others are kept by the merge), only the pod that was read, no resourceVersion"
             );
         }
     }
@@ -488,7 +474,12 @@ mod tests {
                 Some("web"),
                 "stale",
             ),
-            (422, "the server rejected our request due to an error in our request", None, "stale"),
+            (
+                422,
+                "Pod \"web\" is invalid: metadata.uid: Invalid value: \"u-1\": field is immutable",
+                Some("web"),
+                "stale",
+            ),
         ];
         for (code, message, named, expected) in cases {
             let refusal = classify_refusal(&status(code, message, named));

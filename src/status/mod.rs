@@ -537,11 +537,11 @@ pub fn record_output(status: &mut DebugSessionStatus, capture: &Capture, output:
 }
 
 /// The names of the pod's ephemeral containers, oldest first, up to and including `last`.
-/// The pod's ephemeral containers when `own` was added. Read from the pod the
-/// write answered with (a JSON-patch append puts `own` last), and kept from
-/// then on while the pod bears it out: every name in it, `own` last. The
-/// order in the pod does not keep the history, since a strategic merge patch
-/// (`kubectl debug`'s) puts its container first.
+/// The pod's ephemeral containers when `own` was added, `own` last. Read from
+/// the pod the write answered with (nobody can have added one after it yet),
+/// and kept from then on while the pod bears it out: every name in it, `own`
+/// last. The order in the pod keeps no history: a strategic merge patch
+/// (`kubectl debug`'s, ours) puts its container first.
 fn at_injection(pod: &Pod, own: &str, recorded: &[String]) -> Vec<String> {
     let in_pod: HashSet<&str> =
         pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.as_str()).collect();
@@ -549,20 +549,14 @@ fn at_injection(pod: &Pod, own: &str, recorded: &[String]) -> Vec<String> {
     let borne_out = recorded.last().is_some_and(|last| last == own)
         && unique.len() == recorded.len()
         && recorded.iter().all(|name| in_pod.contains(name.as_str()));
-    if borne_out { recorded.to_vec() } else { up_to(pod, own) }
-}
-
-fn up_to(pod: &Pod, last: &str) -> Vec<String> {
-    let names = pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone());
-    let mut kept = Vec::new();
-    for name in names {
-        let done = name == last;
-        kept.push(name);
-        if done {
-            break;
-        }
+    if borne_out {
+        return recorded.to_vec();
     }
-    kept
+    let mut names: Vec<String> =
+        pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone()).collect();
+    names.retain(|name| name != own);
+    names.push(own.to_string());
+    names
 }
 
 /// Checks what was read against the spec. The previous status only names the

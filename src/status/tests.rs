@@ -567,43 +567,31 @@ fn with_others(mut pod: Pod, before: &[&str], after: &[&str]) -> Pod {
 
 #[test]
 fn containers_of_other_writers_change_no_status() {
-    // On a busy pod every other writer's container would otherwise be one more status write for every session.
-    let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
-    let alone = pod("Running", &[("debugger-abcde", running())]);
-    let crowded = with_others(alone.clone(), &[], &["debugger-x7k2p", "rival-1"]);
-    let before = decide_on(&s, Some(&alone), Some(&SERVED), 10).status;
-    let after = decide_on(&s, Some(&crowded), Some(&SERVED), 10).status;
-    assert_eq!(before, after);
-    assert_eq!(after.ephemeral_containers_at_injection, ["debugger-abcde"]);
-}
-
-#[test]
-fn containers_that_kubectl_debug_puts_first_change_no_status() {
-    // A strategic merge patch (kubectl debug's) puts its container at the head of the list.
+    // On a busy pod every other writer's container would otherwise be one more status write
+    // for every session. A strategic merge patch (kubectl debug's) puts its container first.
     let mut s =
         session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
-    let at_write = with_others(pod("Running", &[("debugger-abcde", running())]), &["manual-1"], &[]);
+    let at_write = with_others(pod("Running", &[("debugger-abcde", running())]), &[], &["manual-1"]);
     let recorded = decide_on(&s, Some(&at_write), Some(&SERVED), 10).status;
-    assert_eq!(recorded.ephemeral_containers_at_injection, ["manual-1", "debugger-abcde"]);
+    assert_eq!(recorded.ephemeral_containers_at_injection, ["manual-1", "debugger-abcde"], "all it kept, then its own");
     s.status = Some(recorded.clone());
-    let later = with_others(at_write.clone(), &["debugger-x7k2p", "rival-1"], &["rival-2"]);
-    assert_eq!(decide_on(&s, Some(&later), Some(&SERVED), 10).status, recorded);
-    // A recorded list the pod does not bear out is read from the pod again.
-    s.status.as_mut().unwrap().ephemeral_containers_at_injection = vec!["gone".into(), "debugger-abcde".into()];
-    let status = decide_on(&s, Some(&at_write), Some(&SERVED), 10).status;
-    assert_eq!(status.ephemeral_containers_at_injection, ["manual-1", "debugger-abcde"]);
+    let crowded = with_others(at_write.clone(), &["debugger-x7k2p", "rival-1"], &["rival-2"]);
+    assert_eq!(decide_on(&s, Some(&crowded), Some(&SERVED), 10).status, recorded);
 }
 
 #[test]
-fn the_containers_an_injection_kept_are_reported() {
-    let s = session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
-    let p = with_others(pod("Running", &[("debugger-abcde", running())]), &["manual-1", "manual-2"], &["later"]);
-    let status = decide_on(&s, Some(&p), Some(&SERVED), 10).status;
-    assert_eq!(status.ephemeral_containers_at_injection, ["manual-1", "manual-2", "debugger-abcde"]);
+fn the_containers_an_injection_kept_are_checked_against_the_pod() {
+    let mut s =
+        session(0, Some(injected(vec![record("debugger-abcde", 0, ContainerState::Running)], 0, Phase::Running)));
+    let p = with_others(pod("Running", &[("debugger-abcde", running())]), &["manual-1"], &["manual-2"]);
+    // A list the pod does not bear out is read from the pod again.
+    for forged in [vec!["gone", "debugger-abcde"], vec!["manual-1"], vec!["debugger-abcde", "manual-1"]] {
+        s.status.as_mut().unwrap().ephemeral_containers_at_injection = forged.iter().map(|n| n.to_string()).collect();
+        let status = decide_on(&s, Some(&p), Some(&SERVED), 10).status;
+        assert_eq!(status.ephemeral_containers_at_injection, ["manual-1", "manual-2", "debugger-abcde"], "{forged:?}");
+    }
     // Nothing of this attempt in the pod: nothing to report, whatever the status said.
-    let mut forged = s.clone();
-    forged.status.as_mut().unwrap().ephemeral_containers_at_injection = vec!["forged".into()];
-    let status = decide_on(&forged, Some(&with_others(pod("Running", &[]), &["other"], &[])), Some(&SERVED), 10).status;
+    let status = decide_on(&s, Some(&with_others(pod("Running", &[]), &["other"], &[])), Some(&SERVED), 10).status;
     assert!(status.ephemeral_containers_at_injection.is_empty(), "{status:?}");
 }
 

@@ -126,7 +126,9 @@ spec:
     assert_eq!(status.container_name.as_deref(), Some("dbg-1"));
     let recorded: Vec<_> = status.containers.iter().map(|c| (c.name.as_str(), c.attempt, c.state)).collect();
     assert_eq!(recorded, vec![("dbg", 0, ContainerState::Terminated), ("dbg-1", 1, ContainerState::Terminated)]);
-    assert_eq!(env.ephemeral_names("web").await, vec!["dbg", "dbg-1"]);
+    let mut in_pod = env.ephemeral_names("web").await;
+    in_pod.sort();
+    assert_eq!(in_pod, vec!["dbg", "dbg-1"]);
 
     let (ok, out) = kubectl_patch_session(None, &env.namespace, "renew", r#"{"spec":{"attempt":0}}"#);
     assert!(!ok && out.contains("spec.attempt may only be raised"), "{out}");
