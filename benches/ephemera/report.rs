@@ -301,7 +301,7 @@ fn per(count: usize, of: usize) -> String {
 
 fn cost_table(scenarios: &[ScenarioResult]) -> String {
     let mut out = String::from("## Cost: the operator's requests (floor: 2 per container)\n\n");
-    out += "| scenario | sessions | requests / session (floor / container) | without events | pod reads / session | subresource writes / container | status writes / session (max) | pod reads / pod event | 409 / 422 answers | reconciler requests / session (its /metrics) | connections, most |\n";
+    out += "| scenario | sessions | requests / session (floor / container) | without events | pod reads / session | subresource writes / container | status writes / session (max) | pod reads / pod event | 409 / 422 answers | reconciler requests / session (its /metrics) | connections to its proxy (plain HTTP/1.1), most |\n";
     out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for s in scenarios {
         let op = &s.operator;

@@ -112,4 +112,9 @@ async fn hot_pod() {
     assert_eq!((rivals_missing, rivals_altered), (0, 0), "{line}");
     assert!(rivals >= 10, "the rival kept writing while the sessions went in: {line}");
     assert_eq!(metric(&metrics, "ephemera_reconcile_errors_total{error=\"busy_pod\"}"), 0.0, "{line}");
+    // Exactly one write per container, by the operator's own count and by the proxy's.
+    let counted = metric(&metrics, "ephemera_api_requests_total{resource=\"pods/ephemeralcontainers\",verb=\"patch\"}");
+    assert_eq!((counted, subresource_writes), (sessions as f64, sessions), "{line}");
+    // Pending, Injected, a waiting reason, Running: others' containers add none.
+    assert!(status_writes <= 4 * sessions, "{line}");
 }
