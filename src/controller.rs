@@ -582,10 +582,12 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let mut stale_pods = 0;
     let mut looked_again = false;
     let mut claimed = false;
+    let mut claim_events: Option<ClaimEvents> = None;
     loop {
         match std::mem::replace(&mut decision.next, Next::Wait) {
             Next::Wait => {
-                publish_status(ctx, &sessions, &current, &decision.status, false).await?;
+                let events_from = claim_events.take().map(ClaimEvents::into_before);
+                publish_status_with_events_from(ctx, &sessions, &current, &decision.status, events_from).await?;
                 let requeue = status::requeue_after(&current, &decision.status, now);
                 return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
             }
@@ -682,6 +684,13 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                         Err(error) => return Err(error),
                     }
                 };
+                if !claimed {
+                    claim_events = Some(ClaimEvents {
+                        ctx,
+                        session: DebugSession { status: Some(decision.status.clone()), ..current.clone() },
+                        before: current.status.clone().unwrap_or_default(),
+                    });
+                }
                 claimed = true;
                 current.status = Some(decision.status.clone());
                 let shape = match &inputs.availability {
@@ -884,10 +893,38 @@ async fn publish_status(
     new: &DebugSessionStatus,
     guarded: bool,
 ) -> Result<Option<String>, Error> {
+    let events_from = (!guarded).then(|| session.status.clone().unwrap_or_default());
+    write_status(ctx, sessions, session, new, guarded, events_from).await
+}
+
+/// [`publish_status`], with events for every transition since `events_from`
+/// (the status before this reconcile's claim): they follow in one go, in order.
+async fn publish_status_with_events_from(
+    ctx: &Context,
+    sessions: &Api<DebugSession>,
+    session: &DebugSession,
+    new: &DebugSessionStatus,
+    events_from: Option<DebugSessionStatus>,
+) -> Result<Option<String>, Error> {
+    let events_from = events_from.or_else(|| Some(session.status.clone().unwrap_or_default()));
+    write_status(ctx, sessions, session, new, false, events_from).await
+}
+
+async fn write_status(
+    ctx: &Context,
+    sessions: &Api<DebugSession>,
+    session: &DebugSession,
+    new: &DebugSessionStatus,
+    guarded: bool,
+    events_from: Option<DebugSessionStatus>,
+) -> Result<Option<String>, Error> {
     let old = session.status.clone().unwrap_or_default();
     if *new == old && !guarded {
         // Checked against the pod and found true: it may be believed from now on.
         ctx.own.record(session, session.metadata.resource_version.clone(), new);
+        if let Some(from) = events_from {
+            publish_events(ctx, session, &from, new);
+        }
         return Ok(session.metadata.resource_version.clone());
     }
     let mut patch = serde_json::json!({
@@ -904,19 +941,50 @@ async fn publish_status(
         .patch_status(&session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
     ctx.own.record(session, written.metadata.resource_version.clone(), new);
-    publish_events(ctx, session, &old, new);
+    count_transition(ctx, &old, new);
+    if let Some(from) = events_from {
+        publish_events(ctx, session, &from, new);
+    }
     Ok(written.metadata.resource_version)
 }
 
-/// Publishes the events of a transition in the background: they tell the
-/// story, but must not slow down the next write.
-fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatus, new: &DebugSessionStatus) {
+/// The events of a claim, published once the writes to the pods are done (on
+/// every way out): they tell the story, but must not compete with those writes.
+struct ClaimEvents<'a> {
+    ctx: &'a Context,
+    session: DebugSession,
+    before: DebugSessionStatus,
+}
+
+impl ClaimEvents<'_> {
+    /// The status before the claim; the caller publishes the events from it.
+    fn into_before(mut self) -> DebugSessionStatus {
+        let before = std::mem::take(&mut self.before);
+        self.session.status = None;
+        before
+    }
+}
+
+impl Drop for ClaimEvents<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = &self.session.status {
+            publish_events(self.ctx, &self.session, &self.before, claim);
+        }
+    }
+}
+
+fn count_transition(ctx: &Context, old: &DebugSessionStatus, new: &DebugSessionStatus) {
     if old.phase != new.phase
         && let Some(phase) = new.phase
     {
         let reason = if phase == Phase::Failed { new.reason.map_or("", FailureReason::as_str) } else { "" };
         ctx.metrics.transitions.with_label_values(&[phase.as_str(), reason]).inc();
     }
+}
+
+/// Publishes the events of a transition in the background: they tell the
+/// story, but must not slow down the next write.
+fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatus, new: &DebugSessionStatus) {
     let transitions = status::transitions(old, new);
     if transitions.is_empty() {
         return;
