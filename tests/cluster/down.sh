@@ -12,6 +12,9 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# A command that fails under set -e says nothing by itself: name it (-E: in functions too).
+set -E
+trap 'log "failed (rc $?) at down.sh line $LINENO: $BASH_COMMAND"' ERR
 
 [[ $(id -u) == 0 ]] || die "down.sh must run as root"
 case ${1:-} in
@@ -108,7 +111,8 @@ cgroup_procs() {
   local d
   while IFS= read -r d; do
     [[ -n $d ]] || continue
-    find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null
+    # a cgroup that goes away meanwhile (its last process exited) has nothing left to kill
+    find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null || true
   done < <(cgroup_dirs) | sort -un
 }
 
