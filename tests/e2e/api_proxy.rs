@@ -37,13 +37,13 @@ pub enum Mode {
     RivalBeforeFirstWrite,
     /// Changes nothing; the request log counts what the operator asks.
     PassThrough,
-    /// Every GET of a single pod is answered this much later.
-    SlowPodReads(Duration),
     /// Every LIST of pods (a watch's first list included) is answered this much later.
     SlowPodLists(Duration),
     /// Every write to pods/ephemeralcontainers is sent on this much later, so
     /// the session stays Pending (its claim written, the pod untouched) meanwhile.
     SlowEphemeralWrites(Duration),
+    /// Every write of a DebugSession's status (the claim too) is sent on this much later.
+    SlowStatusWrites(Duration),
 }
 
 #[derive(Clone)]
@@ -87,14 +87,18 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::
     let path = request.uri().path().to_string();
     let watch = request.uri().query().unwrap_or_default().contains("watch");
     match mode {
-        Mode::SlowPodReads(delay) if request.method() == http::Method::GET && path.contains("/pods/") && !watch => {
-            tokio::time::sleep(delay).await;
-        }
         Mode::SlowPodLists(delay) if request.method() == http::Method::GET && path.ends_with("/pods") && !watch => {
             tokio::time::sleep(delay).await;
         }
         Mode::SlowEphemeralWrites(delay)
             if request.method() != http::Method::GET && path.ends_with("/ephemeralcontainers") =>
+        {
+            tokio::time::sleep(delay).await;
+        }
+        Mode::SlowStatusWrites(delay)
+            if request.method() != http::Method::GET
+                && path.contains("/debugsessions/")
+                && path.ends_with("/status") =>
         {
             tokio::time::sleep(delay).await;
         }
