@@ -581,13 +581,12 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let mut decision = status::decide(&current, &inputs.observed(now, ctx, active));
     let mut stale_pods = 0;
     let mut looked_again = false;
-    let mut claimed = false;
     let mut claim_events: Option<ClaimEvents> = None;
     loop {
         match std::mem::replace(&mut decision.next, Next::Wait) {
             Next::Wait => {
-                let events_from = claim_events.take().map(ClaimEvents::into_before);
-                publish_status_with_events_from(ctx, &sessions, &current, &decision.status, events_from).await?;
+                let events_since = claim_events.take().map(ClaimEvents::into_before);
+                publish_status(ctx, &sessions, &current, &decision.status, false, events_since).await?;
                 let requeue = status::requeue_after(&current, &decision.status, now);
                 return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
             }
@@ -617,14 +616,14 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
             Next::LookAgain if !looked_again => {
                 looked_again = true;
                 current.metadata.resource_version =
-                    publish_status(ctx, &sessions, &current, &decision.status, false).await?;
+                    publish_status(ctx, &sessions, &current, &decision.status, false, None).await?;
                 current.status = Some(decision.status);
                 let reads = reads_for(&current, true);
                 inputs = read(ctx, &pods, &reads, false).await?;
                 decision = status::decide(&current, &inputs.observed(now, ctx, active));
             }
             Next::LookAgain => {
-                publish_status(ctx, &sessions, &current, &decision.status, false).await?;
+                publish_status(ctx, &sessions, &current, &decision.status, false, None).await?;
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
             Next::Inject(injections) => {
@@ -669,11 +668,11 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 // so a deleted session, or one another operator claimed, gets nothing.
                 // A retry of this reconcile's own claim (the pod changed under the
                 // write) is the same attempt, already fenced.
-                let claim_stands = claimed && current.status.as_ref() == Some(&decision.status);
+                let claim_stands = claim_events.is_some() && current.status.as_ref() == Some(&decision.status);
                 current.metadata.resource_version = if claim_stands {
                     current.metadata.resource_version.clone()
                 } else {
-                    match publish_status(ctx, &sessions, &current, &decision.status, true).await {
+                    match publish_status(ctx, &sessions, &current, &decision.status, true, None).await {
                         Ok(rv) => rv,
                         Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
                             return Err(Error::StaleSession);
@@ -684,14 +683,13 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                         Err(error) => return Err(error),
                     }
                 };
-                if !claimed {
+                if claim_events.is_none() {
                     claim_events = Some(ClaimEvents {
                         ctx,
                         session: DebugSession { status: Some(decision.status.clone()), ..current.clone() },
                         before: current.status.clone().unwrap_or_default(),
                     });
                 }
-                claimed = true;
                 current.status = Some(decision.status.clone());
                 let shape = match &inputs.availability {
                     Some(Availability::Available(shape)) => *shape,
@@ -882,9 +880,10 @@ fn is_rbac_denial(message: &str) -> bool {
 }
 
 /// Writes `new` as the status of `session` (server-side apply) if it differs
-/// from the session's status, with an event for each transition. With
-/// `guarded` the write is always sent and fails with 409 unless the session
-/// is still at the resourceVersion it was read at. Returns the session's new
+/// from the session's status, with an event for each transition since
+/// `events_since` (by default the session's status). With `guarded` the write
+/// is always sent, without events, and fails with 409 unless the session is
+/// still at the resourceVersion it was read at. Returns the session's new
 /// resourceVersion.
 async fn publish_status(
     ctx: &Context,
@@ -892,33 +891,11 @@ async fn publish_status(
     session: &DebugSession,
     new: &DebugSessionStatus,
     guarded: bool,
-) -> Result<Option<String>, Error> {
-    let events_from = (!guarded).then(|| session.status.clone().unwrap_or_default());
-    write_status(ctx, sessions, session, new, guarded, events_from).await
-}
-
-/// [`publish_status`], with events for every transition since `events_from`
-/// (the status before this reconcile's claim): they follow in one go, in order.
-async fn publish_status_with_events_from(
-    ctx: &Context,
-    sessions: &Api<DebugSession>,
-    session: &DebugSession,
-    new: &DebugSessionStatus,
-    events_from: Option<DebugSessionStatus>,
-) -> Result<Option<String>, Error> {
-    let events_from = events_from.or_else(|| Some(session.status.clone().unwrap_or_default()));
-    write_status(ctx, sessions, session, new, false, events_from).await
-}
-
-async fn write_status(
-    ctx: &Context,
-    sessions: &Api<DebugSession>,
-    session: &DebugSession,
-    new: &DebugSessionStatus,
-    guarded: bool,
-    events_from: Option<DebugSessionStatus>,
+    events_since: Option<DebugSessionStatus>,
 ) -> Result<Option<String>, Error> {
     let old = session.status.clone().unwrap_or_default();
+    // A claim's events wait for its writes to the pods (see ClaimEvents).
+    let events_from = (!guarded).then(|| events_since.unwrap_or_else(|| old.clone()));
     if *new == old && !guarded {
         // Checked against the pod and found true: it may be believed from now on.
         ctx.own.record(session, session.metadata.resource_version.clone(), new);
@@ -1185,15 +1162,21 @@ mod tests {
         assert!(backoffs.next("a") < Duration::from_millis(300));
     }
 
-    #[test]
-    fn own_writes_tell_echoes_and_believed_status() {
-        let own = OwnWrites::default();
+    /// Session `s` (UID u1) as read at resourceVersion 7.
+    fn session_at_version_7() -> DebugSession {
         let mut session = DebugSession::new(
             "s",
             serde_json::from_value(serde_json::json!({ "target": { "pod": "web" }, "image": "busybox" })).unwrap(),
         );
         session.metadata.uid = Some("u1".into());
         session.metadata.resource_version = Some("7".into());
+        session
+    }
+
+    #[test]
+    fn own_writes_tell_echoes_and_believed_status() {
+        let own = OwnWrites::default();
+        let mut session = session_at_version_7();
         let status = DebugSessionStatus { phase: Some(Phase::Running), ..Default::default() };
         assert!(!own.is_echo(&session) && !own.status_is_own(&session), "nothing known after a start");
         own.record(&session, Some("8".into()), &status);
@@ -1211,12 +1194,7 @@ mod tests {
     #[test]
     fn a_reconcile_before_the_echo_starts_from_what_was_written() {
         let own = OwnWrites::default();
-        let mut cached = DebugSession::new(
-            "s",
-            serde_json::from_value(serde_json::json!({ "target": { "pod": "web" }, "image": "busybox" })).unwrap(),
-        );
-        cached.metadata.uid = Some("u1".into());
-        cached.metadata.resource_version = Some("7".into());
+        let mut cached = session_at_version_7();
         cached.status = Some(DebugSessionStatus { phase: Some(Phase::Pending), ..Default::default() });
         let injected = DebugSessionStatus { phase: Some(Phase::Injected), ..Default::default() };
         assert!(own.caught_up(&cached).is_none(), "nothing written yet");
