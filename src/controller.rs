@@ -387,6 +387,8 @@ pub async fn run(
         let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
         let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
         backed_off(watcher(sessions, config.clone()))
+            // Nothing reads who wrote which field, and it is a quarter of a session.
+            .modify(|session| session.managed_fields_mut().clear())
             .reflect(writer)
             .inspect(move |event| match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => index_ctx.index.apply(object),

@@ -7,6 +7,7 @@ pub mod debug_container;
 pub mod ephemeral_api;
 pub mod index;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod plugin;
 pub mod pods;

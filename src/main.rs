@@ -109,9 +109,13 @@ impl PolicyArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    match Cli::parse().command {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ephemera::memory::share_one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(Cli::parse()))
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
         Command::Crd { markdown: true, .. } => print!("{}", crd::reference_markdown()),
         Command::Crd { kubernetes_version, .. } => print!("{}", crd::crd_yaml_for(kubernetes_version)),
         Command::Run {
@@ -155,6 +159,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let metrics = Arc::new(Metrics::new());
             let health = if leader_elect { Arc::new(server::Health::default()) } else { server::Health::sole_leader() };
             let server = tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
+            let trimmer = tokio::spawn(ephemera::memory::trim_after_waves(metrics.clone()));
             tracing::info!(
                 version = ephemera::VERSION,
                 namespace = namespace.as_deref().unwrap_or("<all>"),
@@ -175,6 +180,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(())
             };
             server.abort();
+            trimmer.abort();
             result?;
         }
     }
