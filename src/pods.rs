@@ -3,36 +3,41 @@
 //! resourceVersion each pod of interest is at; a pod read at that version is
 //! shared by every reconcile until the pod changes again. Only pods that
 //! unfinished sessions target are kept, so memory does not grow with the
-//! cluster's pods. A pod nobody watches (say, one that only finished sessions
-//! target, when they are checked after a restart) is read once for all who
-//! ask while a read is under way, and not kept after that.
+//! cluster's pods. A pod whose version nobody watches (one that only finished
+//! sessions target, when they are checked after a restart) is shared for a
+//! second after each read, then dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
 type Key = (String, String);
 
+/// How long a copy of a pod whose version nobody watches serves other reads:
+/// sessions that do not react to the pod's changes are as well served by a
+/// copy this old as by a fresh one that no event will replace.
+const SHARE_UNWATCHED: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
-struct Slot {
-    pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
-    /// Reads finished, so a waiter can tell whether one ended while it waited.
-    reads: AtomicU64,
-    /// Reconciles waiting for this pod's lock.
-    waiting: AtomicUsize,
+struct Cached {
+    pod: Option<Arc<Pod>>,
+    read_at: Option<Instant>,
 }
+
+type Slot = tokio::sync::Mutex<Cached>;
 
 #[derive(Default)]
 pub struct PodReader {
     /// One lock per pod, so concurrent reconciles of one pod wait for one read.
-    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    slots: Arc<Mutex<HashMap<Key, Arc<Slot>>>>,
     /// The newest resourceVersion the watch reported for each pod of interest.
-    seen: Mutex<HashMap<Key, String>>,
+    seen: Arc<Mutex<HashMap<Key, String>>>,
 }
 
 /// Nothing reads who wrote which field of a pod, and on a pod with many
@@ -67,10 +72,6 @@ impl PodReader {
         self.slots.lock().expect("pod reader lock").entry(key.clone()).or_default().clone()
     }
 
-    fn seen(&self, key: &Key) -> Option<String> {
-        self.seen.lock().expect("pod reader lock").get(key).cloned()
-    }
-
     /// The pod as the watch last reported it: from memory when it was read at
     /// that version already, else read (once, for all who ask at the same time).
     /// `fresh` always asks the API server (after a write met a pod that had changed).
@@ -84,38 +85,42 @@ impl PodReader {
     ) -> Result<Option<Pod>, kube::Error> {
         let key = key(namespace, name);
         let slot = self.slot(&key);
-        let reads_before = slot.reads.load(Ordering::Acquire);
-        slot.waiting.fetch_add(1, Ordering::AcqRel);
-        let mut cached = slot.pod.lock().await;
-        slot.waiting.fetch_sub(1, Ordering::AcqRel);
-        let seen = self.seen(&key);
-        let reusable = match (&*cached, &seen) {
+        let mut cached = slot.lock().await;
+        let seen = self.seen.lock().expect("pod reader lock").get(&key).cloned();
+        let reusable = match (&cached.pod, &seen) {
             _ if fresh => false,
             (Some(pod), Some(seen)) => pod.metadata.resource_version.as_ref() == Some(seen),
-            // No version to compare with: only a read that ended while we waited is new enough.
-            (Some(_), None) => slot.reads.load(Ordering::Acquire) > reads_before,
+            (Some(_), None) => cached.read_at.is_some_and(|at| at.elapsed() < SHARE_UNWATCHED),
             (None, _) => false,
         };
-        let pod = if reusable {
-            cached.as_deref().cloned()
-        } else {
-            metrics.request("get", "pods");
-            let pod = api.get_opt(name).await?.map(without_managed_fields);
-            *cached = pod.clone().map(Arc::new);
-            slot.reads.fetch_add(1, Ordering::AcqRel);
-            pod
-        };
-        // Without a version from the watch the copy cannot be reused later: keep
-        // it only for those already waiting.
-        if seen.is_none() && slot.waiting.load(Ordering::Acquire) == 0 {
-            *cached = None;
-            drop(cached);
-            let mut slots = self.slots.lock().expect("pod reader lock");
-            if slot.waiting.load(Ordering::Acquire) == 0 && self.seen(&key).is_none() {
-                slots.remove(&key);
-            }
+        if reusable {
+            return Ok(cached.pod.as_deref().cloned());
+        }
+        metrics.request("get", "pods");
+        let pod = api.get_opt(name).await?.map(without_managed_fields);
+        *cached = Cached { pod: pod.clone().map(Arc::new), read_at: Some(Instant::now()) };
+        if seen.is_none() {
+            self.drop_when_unshared(key, slot.clone());
         }
         Ok(pod)
+    }
+
+    /// Drops a copy of a pod nobody watches once it may no longer be shared.
+    fn drop_when_unshared(&self, key: Key, slot: Arc<Slot>) {
+        let (slots, seen) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.seen));
+        tokio::spawn(async move {
+            tokio::time::sleep(SHARE_UNWATCHED).await;
+            let (Some(slots), Some(seen)) = (slots.upgrade(), seen.upgrade()) else { return };
+            let cached = slot.lock().await;
+            if cached.read_at.is_some_and(|at| at.elapsed() < SHARE_UNWATCHED) {
+                return; // read again meanwhile: that read drops it
+            }
+            let mut slots = slots.lock().expect("pod reader lock");
+            let watched = seen.lock().expect("pod reader lock").contains_key(&key);
+            if !watched && slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                slots.remove(&key);
+            }
+        });
     }
 
     /// A pod as a write of ours returned it: newer than what the watch said so far.
@@ -123,8 +128,13 @@ impl PodReader {
         let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
             return;
         };
-        let slot = self.slot(&key(namespace, name));
-        *slot.pod.lock().await = Some(Arc::new(without_managed_fields(pod.clone())));
+        let key = key(namespace, name);
+        let slot = self.slot(&key);
+        *slot.lock().await =
+            Cached { pod: Some(Arc::new(without_managed_fields(pod.clone()))), read_at: Some(Instant::now()) };
+        if !self.seen.lock().expect("pod reader lock").contains_key(&key) {
+            self.drop_when_unshared(key, slot);
+        }
     }
 
     /// Pods kept in memory (for tests and /metrics).
@@ -189,32 +199,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pod_nobody_watches_is_read_once_for_those_waiting_and_not_kept() {
+    async fn a_pod_nobody_watches_is_shared_for_a_second_then_dropped() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<Pod> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
         let reader = Arc::new(PodReader::default());
         let metrics = Arc::new(Metrics::new());
-        let read = |reader: Arc<PodReader>, api: Api<Pod>, metrics: Arc<Metrics>| {
-            tokio::spawn(async move { reader.read(&api, "ns", "web", &metrics, false).await.unwrap() })
+        let read = || {
+            let (reader, api, metrics) = (reader.clone(), api.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let pod = reader.read(&api, "ns", "web", &metrics, false).await.unwrap();
+                pod.unwrap().metadata.resource_version.unwrap()
+            })
         };
-        let first = read(reader.clone(), api.clone(), metrics.clone());
+        let answer = |send: tower_test::mock::SendResponse<Response<Body>>, rv: &str| {
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod(rv)).unwrap())).unwrap())
+        };
+        let first = read();
         let (_, send) = handle.next_request().await.expect("the first read asks");
-        // Two more ask while the first read is under way.
-        let waiting =
-            [read(reader.clone(), api.clone(), metrics.clone()), read(reader.clone(), api.clone(), metrics.clone())];
-        while reader.slot(&key("ns", "web")).waiting.load(Ordering::Acquire) < 2 {
-            tokio::task::yield_now().await;
-        }
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod("1")).unwrap())).unwrap());
-        assert!(first.await.unwrap().is_some());
+        // Two more ask while the first read is under way, and one just after it.
+        let waiting = [read(), read()];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer(send, "1");
+        assert_eq!(first.await.unwrap(), "1");
         for waiter in waiting {
-            assert_eq!(waiter.await.unwrap().unwrap().metadata.resource_version.as_deref(), Some("1"));
+            assert_eq!(waiter.await.unwrap(), "1");
         }
+        let again = tokio::time::timeout(Duration::from_secs(5), read()).await.expect("answered from memory");
+        assert_eq!(again.unwrap(), "1", "shared just after the read");
+        tokio::time::sleep(SHARE_UNWATCHED + Duration::from_millis(200)).await;
         assert!(reader.is_empty(), "nothing is kept of a pod whose version nobody reports");
         // A later read cannot know whether the pod changed since: it asks again.
-        let later = read(reader.clone(), api.clone(), metrics.clone());
+        let later = read();
         let (_, send) = handle.next_request().await.expect("a later read asks again");
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod("2")).unwrap())).unwrap());
-        assert_eq!(later.await.unwrap().unwrap().metadata.resource_version.as_deref(), Some("2"));
+        answer(send, "2");
+        assert_eq!(later.await.unwrap(), "2");
+        assert_eq!(
+            metrics.api_requests.with_label_values(&["get", "pods"]).get(),
+            2,
+            "four reads within a second cost one request"
+        );
     }
 }
