@@ -51,6 +51,8 @@ pub struct Proxy {
     client: kube::Client,
     mode: Mode,
     rival_added: Arc<AtomicBool>,
+    /// Paths of the writes being held back right now (SlowStatusWrites).
+    held: Arc<std::sync::Mutex<Vec<String>>>,
     /// Every request the operator sent.
     pub requests: RequestLog,
 }
@@ -59,6 +61,15 @@ impl Proxy {
     /// Requests whose method is `method` and whose path ends with `suffix` (query left out).
     pub fn count(&self, method: &http::Method, suffix: &str) -> usize {
         self.requests.count(method, suffix)
+    }
+
+    /// Waits until a write to a path ending with `suffix` is being held back.
+    pub async fn wait_held(&self, suffix: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.held.lock().unwrap().iter().any(|path| path.ends_with(suffix)) {
+            assert!(tokio::time::Instant::now() < deadline, "no write to …{suffix} arrived within 10 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Everything but watches.
@@ -83,7 +94,7 @@ fn failure(code: http::StatusCode, reason: &str, message: &str) -> Response {
 }
 
 async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::proxy::BoxError> {
-    let Proxy { client, mode, rival_added, requests } = proxy;
+    let Proxy { client, mode, rival_added, held, requests } = proxy;
     let path = request.uri().path().to_string();
     let watch = request.uri().query().unwrap_or_default().contains("watch");
     match mode {
@@ -100,7 +111,9 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::
                 && path.contains("/debugsessions/")
                 && path.ends_with("/status") =>
         {
+            held.lock().unwrap().push(path.clone());
             tokio::time::sleep(delay).await;
+            held.lock().unwrap().retain(|p| *p != path);
         }
         _ => {}
     }
@@ -163,7 +176,8 @@ pub async fn start_operator_behind_proxy_with_metrics(env: &mut TestEnv, mode: M
 
 async fn start_operator_behind_proxy_on(env: &mut TestEnv, mode: Mode, metrics_addr: &str) -> Proxy {
     let client = crate::common::client_for("admin").await;
-    let proxy = Proxy { client, mode, rival_added: Arc::default(), requests: RequestLog::default() };
+    let proxy =
+        Proxy { client, mode, rival_added: Arc::default(), held: Arc::default(), requests: RequestLog::default() };
     let app = axum::Router::new().fallback(forward).with_state(proxy.clone());
     let port = serve_on_loopback(app).await;
     let kubeconfig = std::env::temp_dir().join(format!("{}-proxy.kubeconfig", env.namespace));

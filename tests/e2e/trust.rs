@@ -209,14 +209,14 @@ async fn pod_deleted_while_the_container_waits_is_target_gone() {
 async fn a_session_deleted_before_its_claim_gets_no_container() {
     let mut env = TestEnv::without_operator("deleted-early", &[]).await;
     env.running_pod("web", &["app"], &[]).await;
-    // Every status write, the claim too, reaches the server a while later, so each
-    // deletion lands between the operator's decision and its claim: the claim must
-    // fail, and nothing be added. (A slow pod read would not do: the pod is read
-    // once and then shared, so later sessions decide at once.)
-    let proxy = start_operator_behind_proxy(&mut env, Mode::SlowStatusWrites(Duration::from_millis(300))).await;
+    // Every status write, the claim too, is held back by the proxy; each session
+    // is deleted while its claim is held, so the deletion lands between the
+    // operator's decision and its claim: the claim must fail, and nothing be added.
+    let proxy = start_operator_behind_proxy(&mut env, Mode::SlowStatusWrites(Duration::from_secs(1))).await;
     for i in 0..20 {
         let name = format!("early-{i}");
         env.create_session(&sleeping_session(&name, "{ pod: web }", "")).await;
+        proxy.wait_held(&format!("/debugsessions/{name}/status")).await;
         env.sessions.delete(&name, &DeleteParams::default()).await.unwrap();
     }
     // One that is not deleted shows the operator was at work all along.
@@ -224,16 +224,17 @@ async fn a_session_deleted_before_its_claim_gets_no_container() {
     let kept = env.wait_phase("kept", Phase::Running).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(env.ephemeral_names("web").await, vec![kept.status.unwrap().container_name.unwrap()]);
-    // The race was run: claims of deleted sessions were sent, and refused.
-    let refused = proxy
+    // The race was run every time: each deleted session's claim was refused.
+    let refused: std::collections::BTreeSet<String> = proxy
         .requests
         .since(0)
         .iter()
         .filter(|r| {
             r.method == http::Method::PATCH && r.bare_path().ends_with("/status") && [404, 409].contains(&r.status)
         })
-        .count();
-    assert!(refused >= 1, "{:?}", proxy.non_watch_requests());
+        .filter_map(|r| r.bare_path().strip_suffix("/status")?.rsplit('/').next().map(str::to_string))
+        .collect();
+    assert_eq!(refused.len(), 20, "refused claims: {refused:?}; {:?}", proxy.non_watch_requests());
 }
 
 #[tokio::test(flavor = "multi_thread")]
