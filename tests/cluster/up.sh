@@ -556,12 +556,14 @@ $(version_before 1.29 || echo "podLogsDir: $STATE/pod-logs")
 hairpinMode: hairpin-veth
 serializeImagePulls: false
 maxPods: 110
-# never evict and never garbage-collect the locally imported images
+# never evict and never garbage-collect the locally imported images. Absolute
+# floors: 1% of a large, busy build disk is gigabytes, and a node tainted with
+# DiskPressure runs no test pod at all.
 evictionHard:
   memory.available: "50Mi"
-  nodefs.available: "1%"
+  nodefs.available: "200Mi"
   nodefs.inodesFree: "1%"
-  imagefs.available: "1%"
+  imagefs.available: "200Mi"
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 # static pods (their API mirrors are what tests of static-pod handling need)

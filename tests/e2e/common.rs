@@ -276,9 +276,42 @@ impl TestEnv {
             {
                 return pod;
             }
-            assert!(Instant::now() < deadline, "pod {name} never became {what}");
+            if Instant::now() >= deadline {
+                panic!("pod {name} never became {what}\n{}", self.why_pod_is_stuck(name).await);
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// The pod's phase and conditions and the nodes' pressure conditions and taints: when no test
+    /// pod runs, the cause (a node under DiskPressure, say) is in the failure, not in a lost log.
+    async fn why_pod_is_stuck(&self, name: &str) -> String {
+        let pod = match self.pods.get_opt(name).await {
+            Ok(Some(pod)) => format!("pod status: {}", serde_json::to_string(&pod.status).unwrap_or_default()),
+            other => format!("pod: {other:?}"),
+        };
+        let nodes =
+            match Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone()).list(&Default::default()).await {
+                Ok(nodes) => nodes
+                    .items
+                    .iter()
+                    .map(|node| {
+                        let spec = node.spec.clone().unwrap_or_default();
+                        let conditions = node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+                        let raised: Vec<String> = conditions
+                            .iter()
+                            .filter(|c| (c.type_ == "Ready") != (c.status == "True"))
+                            .map(|c| format!("{}={} ({})", c.type_, c.status, c.message.clone().unwrap_or_default()))
+                            .collect();
+                        let taints: Vec<String> =
+                            spec.taints.unwrap_or_default().iter().map(|t| format!("{}:{}", t.key, t.effect)).collect();
+                        format!("node {}: conditions off normal {raised:?}, taints {taints:?}", node.name_any())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Err(err) => format!("nodes: {err}"),
+            };
+        format!("{pod}\n{nodes}")
     }
 
     pub async fn wait_pod_gone(&self, name: &str) {
