@@ -707,8 +707,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                     match add_ephemeral_container(&ctx.client, shape, &injection.pod, &injection.container).await {
                         Ok(updated) => {
                             ctx.metrics.injections.with_label_values(&["injected"]).inc();
-                            ctx.pods.wrote(&updated).await;
-                            inputs.replace_pod(updated);
+                            inputs.replace_pod(ctx.pods.wrote(updated).await);
                         }
                         Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {
                             // A refusal that a fresh read does not explain is no staleness:

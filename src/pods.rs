@@ -98,11 +98,16 @@ impl PodReader {
         }
         metrics.request("get", "pods");
         let pod = api.get_opt(name).await?.map(without_managed_fields);
-        *cached = Cached { pod: pod.clone().map(Arc::new), read_at: Some(Instant::now()) };
-        if seen.is_none() {
+        self.keep(key, &slot, &mut cached, pod.clone());
+        Ok(pod)
+    }
+
+    /// Stores a copy of the pod as of now; one nobody watches is dropped once it may no longer be shared.
+    fn keep(&self, key: Key, slot: &Arc<Slot>, cached: &mut Cached, pod: Option<Pod>) {
+        *cached = Cached { pod: pod.map(Arc::new), read_at: Some(Instant::now()) };
+        if !self.seen.lock().expect("pod reader lock").contains_key(&key) {
             self.drop_when_unshared(key, slot.clone());
         }
-        Ok(pod)
     }
 
     /// Drops a copy of a pod nobody watches once it may no longer be shared.
@@ -124,17 +129,17 @@ impl PodReader {
     }
 
     /// A pod as a write of ours returned it: newer than what the watch said so far.
-    pub async fn wrote(&self, pod: &Pod) {
+    /// Returns it as the reader keeps it.
+    pub async fn wrote(&self, pod: Pod) -> Pod {
+        let pod = without_managed_fields(pod);
         let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
-            return;
+            return pod;
         };
         let key = key(namespace, name);
         let slot = self.slot(&key);
-        *slot.lock().await =
-            Cached { pod: Some(Arc::new(without_managed_fields(pod.clone()))), read_at: Some(Instant::now()) };
-        if !self.seen.lock().expect("pod reader lock").contains_key(&key) {
-            self.drop_when_unshared(key, slot);
-        }
+        let mut cached = slot.lock().await;
+        self.keep(key, &slot, &mut cached, Some(pod.clone()));
+        pod
     }
 
     /// Pods kept in memory (for tests and /metrics).
