@@ -95,11 +95,11 @@ async fn quiet(port: u16) -> String {
 
 /// RSS once the operator is quiet and has handed its free memory back, which
 /// it does 2–4 s after its last reconcile (src/memory.rs): every figure is
-/// taken in the same state, so rounds compare.
-async fn settled_rss(port: u16, pid: u32) -> u64 {
-    quiet(port).await;
+/// taken in the same state, so rounds compare. Also returns the quiet metrics.
+async fn settled_rss(port: u16, pid: u32) -> (u64, String) {
+    let metrics = quiet(port).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    rss(pid)
+    (rss(pid), metrics)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,8 +120,7 @@ async fn resource_hygiene() {
     let pods = running_pods(&env, "hyg-w", PODS).await;
     round(&env, 0, WARM_UP, &pods).await;
     env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-    let baseline_metrics = quiet(port).await;
-    let baseline = settled_rss(port, pid).await;
+    let (baseline, baseline_metrics) = settled_rss(port, pid).await;
     let baseline_sockets = sockets(pid);
 
     let began = Instant::now();
@@ -136,7 +135,7 @@ async fn resource_hygiene() {
         let pods = running_pods(&env, &format!("hyg-{first}"), PODS).await;
         let count = batch.min(WARM_UP + total - first);
         round(&env, first, count, &pods).await;
-        let now = settled_rss(port, pid).await;
+        let (now, _) = settled_rss(port, pid).await;
         peak = peak.max(now);
         after_rounds.push(format!("{:.1}", now as f64 / 1048576.0));
         round_rss.push(now);
