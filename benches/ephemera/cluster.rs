@@ -2,6 +2,7 @@
 //! operator processes with what /proc and their /metrics say about them.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -188,6 +189,18 @@ impl OperatorProcess {
             Some(context) => command.env("EPHEMERA_KUBE_CONTEXT", context),
             None => command.env_remove("EPHEMERA_KUBE_CONTEXT"),
         };
+        // Drop kills the operator, but a bench that is itself killed never drops it: the
+        // kernel stops it instead, so no stray operator serves the next run's namespace.
+        // (The signal follows the spawning thread, a runtime worker that lives as long as the bench.)
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let spawned = Instant::now();
         let child = command.spawn().expect("start the operator");
         OperatorProcess { child, metrics_port, spawned, log }
