@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchPa
 use kube::core::Selector;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -142,11 +142,22 @@ impl OwnWrites {
         Some(current)
     }
 
-    fn record(&self, session: &DebugSession, resource_version: Option<String>, status: &DebugSessionStatus) {
+    /// Records a write (or a check that found nothing to write). `cached_version` tells which
+    /// version the watch cache holds: when the echo came before the write's answer, the cache
+    /// is current already and no copy waits for an echo that has passed.
+    fn record(
+        &self,
+        session: &DebugSession,
+        resource_version: Option<String>,
+        status: &DebugSessionStatus,
+        cached_version: impl FnOnce() -> Option<String>,
+    ) {
         if let Some(uid) = &session.metadata.uid {
+            // Under the lock: an echo applied to the cache after this check is seen by `is_echo`.
             let mut by_uid = self.by_uid.lock().expect("own writes lock");
             let pending = if resource_version != session.metadata.resource_version {
-                Some((session.metadata.resource_version.clone(), Arc::new(status.clone())))
+                (cached_version() != resource_version)
+                    .then(|| (session.metadata.resource_version.clone(), Arc::new(status.clone())))
             } else {
                 // Nothing written: a copy still waiting for its echo stays.
                 by_uid.get(uid).filter(|own| own.written == resource_version).and_then(|own| own.pending.clone())
@@ -391,9 +402,16 @@ pub async fn run(
             .modify(|session| session.managed_fields_mut().clear())
             .reflect(writer)
             .inspect(move |event| match event {
-                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => index_ctx.index.apply(object),
+                // No session listens to the pod's changes any more: its copy goes now.
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    if let Some((namespace, name)) = index_ctx.index.apply(object) {
+                        index_ctx.pods.forget(&namespace, &name);
+                    }
+                }
                 Ok(watcher::Event::Delete(object)) => {
-                    index_ctx.index.remove(object);
+                    if let Some((namespace, name)) = index_ctx.index.remove(object) {
+                        index_ctx.pods.forget(&namespace, &name);
+                    }
                     if let Some(uid) = object.meta().uid.as_deref() {
                         index_ctx.own.forget(uid);
                         index_ctx.backoff.reset(uid);
@@ -880,6 +898,12 @@ fn is_rbac_denial(message: &str) -> bool {
         || message.contains("cannot get resource")
 }
 
+/// The resourceVersion of `session` in the watch cache.
+fn cached_version(ctx: &Context, session: &DebugSession) -> Option<String> {
+    let key = ObjectRef::<GuardedSession>::new(&session.name_any()).within(session.metadata.namespace.as_deref()?);
+    ctx.sessions.get(&key)?.0.as_ref().ok()?.metadata.resource_version.clone()
+}
+
 /// Writes `new` as the status of `session` (server-side apply) if it differs
 /// from the session's status, with an event for each transition since
 /// `events_since` (by default the session's status). With `guarded` the write
@@ -899,7 +923,7 @@ async fn publish_status(
     let events_from = (!guarded).then(|| events_since.unwrap_or_else(|| old.clone()));
     if *new == old && !guarded {
         // Checked against the pod and found true: it may be believed from now on.
-        ctx.own.record(session, session.metadata.resource_version.clone(), new);
+        ctx.own.record(session, session.metadata.resource_version.clone(), new, || cached_version(ctx, session));
         if let Some(from) = events_from {
             publish_events(ctx, session, &from, new);
         }
@@ -918,7 +942,7 @@ async fn publish_status(
     let written = sessions
         .patch_status(&session.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
-    ctx.own.record(session, written.metadata.resource_version.clone(), new);
+    ctx.own.record(session, written.metadata.resource_version.clone(), new, || cached_version(ctx, session));
     count_transition(ctx, &old, new);
     if let Some(from) = events_from {
         publish_events(ctx, session, &from, new);
@@ -1180,7 +1204,7 @@ mod tests {
         let mut session = session_at_version_7();
         let status = DebugSessionStatus { phase: Some(Phase::Running), ..Default::default() };
         assert!(!own.is_echo(&session) && !own.status_is_own(&session), "nothing known after a start");
-        own.record(&session, Some("8".into()), &status);
+        own.record(&session, Some("8".into()), &status, || Some("7".into()));
         session.metadata.resource_version = Some("8".into());
         session.status = Some(status.clone());
         assert!(own.is_echo(&session));
@@ -1193,18 +1217,35 @@ mod tests {
     }
 
     #[test]
+    fn an_echo_before_the_writes_answer_leaves_no_copy_behind() {
+        let own = OwnWrites::default();
+        let mut cached = session_at_version_7();
+        let injected = DebugSessionStatus { phase: Some(Phase::Injected), ..Default::default() };
+        // The watch delivered version 8 before the write that made it returned: not yet known as ours.
+        let mut echo = cached.clone();
+        echo.metadata.resource_version = Some("8".into());
+        echo.status = Some(injected.clone());
+        assert!(!own.is_echo(&echo));
+        own.record(&cached, Some("8".into()), &injected, || Some("8".into()));
+        assert!(own.by_uid.lock().unwrap()["u1"].pending.is_none(), "no copy waits for an echo that has passed");
+        assert!(own.status_is_own(&echo), "the status is still known as ours");
+        cached.metadata.resource_version = Some("8".into());
+        assert!(own.caught_up(&cached).is_none());
+    }
+
+    #[test]
     fn a_reconcile_before_the_echo_starts_from_what_was_written() {
         let own = OwnWrites::default();
         let mut cached = session_at_version_7();
         cached.status = Some(DebugSessionStatus { phase: Some(Phase::Pending), ..Default::default() });
         let injected = DebugSessionStatus { phase: Some(Phase::Injected), ..Default::default() };
         assert!(own.caught_up(&cached).is_none(), "nothing written yet");
-        own.record(&cached, Some("8".into()), &injected);
+        own.record(&cached, Some("8".into()), &injected, || Some("7".into()));
         let current = own.caught_up(&cached).expect("the cache still has version 7");
         assert_eq!(current.metadata.resource_version.as_deref(), Some("8"));
         assert_eq!(current.status, Some(injected.clone()));
         // A reconcile that finds nothing new to write keeps the copy until the echo.
-        own.record(&current, Some("8".into()), &injected);
+        own.record(&current, Some("8".into()), &injected, || Some("7".into()));
         assert!(own.caught_up(&cached).is_some());
         let mut newer = cached.clone();
         newer.metadata.resource_version = Some("9".into());

@@ -58,50 +58,61 @@ fn interest(object: &GuardedSession) -> Option<Interest> {
     }
 }
 
+/// A pod `(namespace, name)` that no session listens to by name any more.
+pub type Released = (String, String);
+
 impl Inner {
-    fn remove(&mut self, key: &ObjectRef<GuardedSession>) {
-        match self.interests.remove(key) {
-            Some(Interest::Pod(namespace, name)) => {
+    fn remove(&mut self, key: &ObjectRef<GuardedSession>) -> Option<Released> {
+        let released = match self.interests.remove(key)? {
+            Interest::Pod(namespace, name) => {
                 let pod = (namespace, name);
-                if let Some(sessions) = self.by_pod.get_mut(&pod) {
-                    sessions.remove(key);
-                    if sessions.is_empty() {
-                        self.by_pod.remove(&pod);
-                    }
-                }
+                let sessions = self.by_pod.get_mut(&pod)?;
+                sessions.remove(key);
+                sessions.is_empty().then(|| self.by_pod.remove(&pod)).map(|_| pod)
             }
-            Some(Interest::Selector(..)) => {
+            Interest::Selector(..) => {
                 self.by_selector.remove(key);
+                None
             }
-            None => {}
+        };
+        // A wave of sessions leaves the maps sized for it; give the room back once they finish.
+        if self.interests.capacity() > 64 && self.interests.len() * 4 < self.interests.capacity() {
+            self.interests.shrink_to_fit();
+            self.by_pod.shrink_to_fit();
+            self.by_selector.shrink_to_fit();
         }
+        released
     }
 
-    fn insert(&mut self, object: &GuardedSession) {
+    fn insert(&mut self, object: &GuardedSession) -> Option<Released> {
         let key = ObjectRef::from_obj(object);
-        self.remove(&key);
-        let Some(interest) = interest(object) else { return };
-        match &interest {
-            Interest::Pod(namespace, name) => {
-                self.by_pod.entry((namespace.clone(), name.clone())).or_default().insert(key.clone());
+        let released = self.remove(&key);
+        if let Some(interest) = interest(object) {
+            match &interest {
+                Interest::Pod(namespace, name) => {
+                    self.by_pod.entry((namespace.clone(), name.clone())).or_default().insert(key.clone());
+                }
+                Interest::Selector(namespace, selector) => {
+                    self.by_selector.insert(key.clone(), (namespace.clone(), selector.clone()));
+                }
             }
-            Interest::Selector(namespace, selector) => {
-                self.by_selector.insert(key.clone(), (namespace.clone(), selector.clone()));
-            }
+            self.interests.insert(key, interest);
         }
-        self.interests.insert(key, interest);
+        released.filter(|pod| !self.by_pod.contains_key(pod))
     }
 }
 
 impl TargetIndex {
-    /// A session was added or changed.
-    pub fn apply(&self, object: &GuardedSession) {
-        self.inner.write().expect("index lock").insert(object);
+    /// A session was added or changed. Returns the pod it was the last to listen to, if any.
+    #[must_use]
+    pub fn apply(&self, object: &GuardedSession) -> Option<Released> {
+        self.inner.write().expect("index lock").insert(object)
     }
 
-    /// A session was deleted.
-    pub fn remove(&self, object: &GuardedSession) {
-        self.inner.write().expect("index lock").remove(&ObjectRef::from_obj(object));
+    /// A session was deleted. Returns the pod it was the last to listen to, if any.
+    #[must_use]
+    pub fn remove(&self, object: &GuardedSession) -> Option<Released> {
+        self.inner.write().expect("index lock").remove(&ObjectRef::from_obj(object))
     }
 
     /// Replaces everything, after the watch listed all sessions again.
@@ -188,10 +199,21 @@ mod tests {
         assert_eq!(names(index.sessions_for("other", "web-1", Some(&web))), Vec::<String>::new());
         assert_eq!(index.len(), 3, "the finished session listens to nothing");
 
-        // A session that finishes stops listening; one that is deleted is gone.
-        index.apply(&session("by-name", serde_json::json!({ "pod": "web-1" }), pinned("web-1", Phase::Terminated)));
-        index.remove(&choosing);
+        // A session that finishes stops listening; one that is deleted is gone. The last
+        // listener of a pod says so, so that the pod's copy can be dropped.
+        let released =
+            index.apply(&session("by-name", serde_json::json!({ "pod": "web-1" }), pinned("web-1", Phase::Terminated)));
+        assert_eq!(released, Some(("ns".to_string(), "web-1".to_string())));
+        assert_eq!(index.remove(&choosing), None, "a selector names no pod");
+        assert_eq!(index.apply(&picked), None, "a change that keeps the pod releases nothing");
         assert_eq!(names(index.sessions_for("ns", "web-1", Some(&web))), Vec::<String>::new());
         assert_eq!(names(index.sessions_for("ns", "web-2", Some(&web))), ["picked"]);
+        let picked_finished = session(
+            "picked",
+            serde_json::json!({ "selector": { "matchLabels": { "app": "web" } } }),
+            pinned("web-2", Phase::Terminated),
+        );
+        assert_eq!(index.apply(&picked_finished), Some(("ns".to_string(), "web-2".to_string())));
+        assert!(index.is_empty());
     }
 }
