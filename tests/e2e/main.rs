@@ -330,6 +330,21 @@ async fn metrics_are_served() {
     .unwrap();
     assert!(body.contains("ephemera_reconciliations_total"), "{body}");
     assert!(body.contains(r#"ephemera_session_transitions_total{phase="Failed",reason="TargetNotFound"} 1"#), "{body}");
+
+    // A pod is kept in memory only while an unfinished session targets it: once its last
+    // session finishes, the copy goes, though the pod lives on and sends no further event.
+    env.create_session(&common::busybox_session("done", "{ pod: web }", r#"["true"]"#, "")).await;
+    env.wait_phase("done", Phase::Terminated).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = common::scrape(port).await;
+        if common::metric(&text, "ephemera_pods_cached") == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the finished session's pod is still kept:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.pods.get("web").await.unwrap().status.unwrap().phase.as_deref(), Some("Running"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
