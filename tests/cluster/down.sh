@@ -222,8 +222,8 @@ remove_pod_logs() {
     [[ -n ${ours[$uid]:-} ]] && rm -rf -- "$d"
   done
   for f in /var/log/containers/*; do
-    [[ -L $f ]] || continue
-    t=$(readlink "$f")
+    # another kubelet may remove its link between the test and the read
+    t=$(readlink -- "$f") || continue
     case $t in
       "$STATE"/*) rm -f -- "$f" ;;
       /var/log/pods/*)
