@@ -24,6 +24,7 @@ use prometheus::IntGauge;
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
 use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
+use crate::first_report::FirstReports;
 use crate::index::{GuardedSession, TargetIndex};
 use crate::metrics::Metrics;
 use crate::pods::PodReader;
@@ -228,6 +229,7 @@ pub struct Context {
     pub index: TargetIndex,
     pub pods: PodReader,
     own: OwnWrites,
+    first_reports: FirstReports,
     backoff: Backoffs,
     /// (uid, error) of undecodable sessions already reported, so each is reported once.
     undecodable: Mutex<HashSet<(String, String)>>,
@@ -249,6 +251,7 @@ impl Context {
             index: TargetIndex::default(),
             pods: PodReader::default(),
             own: OwnWrites::default(),
+            first_reports: FirstReports::default(),
             backoff: Backoffs::default(),
             undecodable: Mutex::default(),
             client,
@@ -391,6 +394,7 @@ pub async fn run(
         metrics.sessions_known.set(store.state().len() as i64);
         let records = |kind: &str, len: usize| metrics.session_records.with_label_values(&[kind]).set(len as i64);
         records("own_writes", ctx.own.len());
+        records("first_reports", ctx.first_reports.len());
         records("backoffs", ctx.backoff.len());
         records("undecodable", ctx.undecodable.lock().expect("undecodable lock").len());
     });
@@ -414,6 +418,7 @@ pub async fn run(
                     }
                     if let Some(uid) = object.meta().uid.as_deref() {
                         index_ctx.own.forget(uid);
+                        index_ctx.first_reports.forget(uid);
                         index_ctx.backoff.reset(uid);
                     }
                 }
@@ -605,6 +610,13 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     loop {
         match std::mem::replace(&mut decision.next, Next::Wait) {
             Next::Wait => {
+                if let Some(uid) = &current.metadata.uid
+                    && let Some(left) = ctx.first_reports.wait_left(uid, &decision.status)
+                {
+                    // The claim stands as the status until the kubelet's first report
+                    // (a pod event) or the wait's end: then one write says both.
+                    return Ok(Action::requeue(left));
+                }
                 let events_since = claim_events.take().map(ClaimEvents::into_before);
                 publish_status(ctx, &sessions, &current, &decision.status, false, events_since).await?;
                 let requeue = status::requeue_after(&current, &decision.status, now);
@@ -725,6 +737,9 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                     match add_ephemeral_container(&ctx.client, shape, &injection.pod, &injection.container).await {
                         Ok(updated) => {
                             ctx.metrics.injections.with_label_values(&["injected"]).inc();
+                            if let Some(uid) = &current.metadata.uid {
+                                ctx.first_reports.injected(uid);
+                            }
                             inputs.replace_pod(ctx.pods.wrote(updated).await);
                         }
                         Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {

@@ -988,6 +988,16 @@ fn finish(session: &DebugSession, mut decision: Decision, prior: &DebugSessionSt
     decision
 }
 
+/// The status adds nothing to the claim but that the current attempt's
+/// container is in the pod: the kubelet has not reported on it yet. (Sessions
+/// on one pod only; a fan-out's rows move on their own.)
+pub fn awaits_kubelet(status: &DebugSessionStatus) -> bool {
+    status.targets.is_empty()
+        && status.phase == Some(Phase::Injected)
+        && status.waiting_reason.is_none()
+        && status.containers.iter().any(|r| r.attempt == status.attempt && r.state == ContainerState::Unknown)
+}
+
 /// When the session needs another look even if nothing it watches changes.
 pub fn requeue_after(session: &DebugSession, status: &DebugSessionStatus, now: Timestamp) -> Option<Duration> {
     let until = |deadline: Timestamp| {

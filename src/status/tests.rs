@@ -866,3 +866,35 @@ fn a_fan_out_keeps_its_set_and_sums_up_its_pods() {
     );
     assert_eq!(all_done.status.phase, Some(Phase::Terminated), "Terminated once every pod's container ended");
 }
+
+#[test]
+fn only_a_container_the_kubelet_has_not_reported_on_awaits_it() {
+    let claimed =
+        DebugSessionStatus { container_name: Some("debugger-abcde".into()), ..injected(vec![], 0, Phase::Pending) };
+    let after_claim = |kubelet: KubeletState| {
+        let pod = pod("Running", &[("debugger-abcde", kubelet)]);
+        decide_on(&session(0, Some(claimed.clone())), Some(&pod), Some(&SERVED), 1).status
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("no word from the kubelet yet", after_claim(None), true),
+        ("ContainerCreating", after_claim(waiting("ContainerCreating", None)), false),
+        ("Running at once", after_claim(running()), false),
+        ("already exited", after_claim(terminated(0)), false),
+        ("a fan-out's rows", DebugSessionStatus {
+            targets: vec![status_to_row("web", &after_claim(None))], ..after_claim(None) }, false),
+    ];
+    for (case, status, awaits) in cases {
+        assert_eq!(awaits_kubelet(&status), awaits, "{case}: {status:?}");
+    }
+    // An older attempt the kubelet never reported on does not hold up a newer one.
+    let older_silent = injected(
+        vec![
+            record("debugger-abcde", 0, ContainerState::Unknown),
+            record("debugger-abcde-1", 1, ContainerState::Running),
+        ],
+        1,
+        Phase::Running,
+    );
+    assert!(!awaits_kubelet(&older_silent));
+}

@@ -293,6 +293,8 @@ async fn every_request_earns_its_place() {
     env.running_pod("web", &["app"], &[]).await;
     let port = crate::common::free_port();
     let proxy = crate::api_proxy::start_operator_behind_proxy_with_metrics(&mut env, Mode::PassThrough, port).await;
+    let kubelet_delay = tokio::spawn(kubelet_first_report_delay(env.pods.clone(), "web"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     env.create_session(&busybox_session(
         "one",
         "{ pod: web }",
@@ -301,6 +303,17 @@ async fn every_request_earns_its_place() {
     ))
     .await;
     env.wait_phase("one", Phase::Terminated).await;
+    // The claim, Injected with the kubelet's first report, Running, Terminated: Injected
+    // alone is only written when the kubelet is silent for longer than the operator waits.
+    let kubelet_delay = kubelet_delay.await.unwrap();
+    let status_writes = proxy.count(&http::Method::PATCH, "/debugsessions/one/status");
+    eprintln!("status writes: {status_writes}; the kubelet's first report came {kubelet_delay:?} after the container");
+    let allowed = if kubelet_delay + Duration::from_millis(500) < ephemera::first_report::WAIT { 4 } else { 5 };
+    assert!(
+        status_writes <= allowed,
+        "{status_writes} status writes (kubelet's first report {kubelet_delay:?} after the container was added): {:#?}",
+        proxy.non_watch_requests()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let metrics = crate::common::scrape(port).await;
     let reconciles = crate::common::metric(&metrics, "ephemera_reconciliations_total");
@@ -330,4 +343,34 @@ async fn every_request_earns_its_place() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let during: Vec<_> = proxy.non_watch_requests().into_iter().skip(before).collect();
     assert!(during.is_empty(), "requests while idle: {during:#?}");
+}
+
+/// How long after the first ephemeral container appeared in pod `name` the kubelet first reported on it.
+async fn kubelet_first_report_delay(pods: Api<k8s_openapi::api::core::v1::Pod>, name: &str) -> Duration {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::runtime::{WatchStreamExt, watcher};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(pods, config).default_backoff().applied_objects().boxed();
+    let mut added = None;
+    let watched = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(pod) = events.try_next().await.ok().flatten() {
+            let in_spec =
+                pod.spec.as_ref().and_then(|s| s.ephemeral_containers.as_ref()).is_some_and(|c| !c.is_empty());
+            let reported = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.ephemeral_container_statuses.as_ref())
+                .is_some_and(|c| !c.is_empty());
+            if in_spec && added.is_none() {
+                added = Some(Instant::now());
+            }
+            if let Some(at) = added
+                && reported
+            {
+                return at.elapsed();
+            }
+        }
+        panic!("the pod watch ended");
+    });
+    watched.await.expect("the kubelet reported on the debug container within 90 s")
 }
