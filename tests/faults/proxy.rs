@@ -39,6 +39,8 @@ pub struct Logged {
     pub status: Option<u16>,
     /// How long until that answer.
     pub took: Option<Duration>,
+    /// The session whose debug container a write to pods/ephemeralcontainers carries.
+    pub injects_for: Option<String>,
 }
 
 /// Where the proxy may stop the operator's work on one session.
@@ -226,7 +228,15 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     let at = Instant::now();
     let index = {
         let mut log = shared.log.lock().unwrap();
-        log.push(Logged { at, method: method.clone(), path: path_and_query, watch, status: None, took: None });
+        log.push(Logged {
+            at,
+            method: method.clone(),
+            path: path_and_query,
+            watch,
+            status: None,
+            took: None,
+            injects_for: None,
+        });
         log.len() - 1
     };
     let answered = |status: http::StatusCode| {
@@ -262,6 +272,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         }
     }
     let injected = if injection { session_of_injection(&body) } else { None };
+    shared.log.lock().unwrap()[index].injects_for = injected.clone();
     parts.headers.remove(http::header::HOST);
     parts.version = http::Version::default();
     let upstream = http::Request::from_parts(parts, kube::client::Body::from(body.to_vec()));
