@@ -7,7 +7,7 @@
 //! sessions target, when they are checked after a restart) is shared for a
 //! second after each read, then dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,16 @@ pub struct PodReader {
 fn without_managed_fields(mut pod: Pod) -> Pod {
     pod.metadata.managed_fields = None;
     pod
+}
+
+/// Whether `pod` is an older version of `than`: it lacks one of the ephemeral
+/// containers `than` has, and the API never removes one. (resourceVersions are
+/// opaque: they say whether two versions differ, not which is newer.)
+fn is_older(pod: &Pod, than: &Pod) -> bool {
+    let names = |p: &Pod| -> HashSet<String> {
+        p.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.clone()).collect()
+    };
+    pod.metadata.uid == than.metadata.uid && !names(than).is_subset(&names(pod))
 }
 
 fn key(namespace: &str, name: &str) -> Key {
@@ -128,8 +138,11 @@ impl PodReader {
         });
     }
 
-    /// A pod as a write of ours returned it: newer than what the watch said so far.
-    /// Returns it as the reader keeps it.
+    /// A pod as a write of ours returned it: newer than what the watch said so far,
+    /// but maybe older than the answer to a concurrent write, kept already (answers
+    /// can arrive out of order). An older copy must never replace a newer one: a
+    /// session whose container it lacks would be injected again. Returns the pod as
+    /// the write answered it, without managedFields.
     pub async fn wrote(&self, pod: Pod) -> Pod {
         let pod = without_managed_fields(pod);
         let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
@@ -138,7 +151,9 @@ impl PodReader {
         let key = key(namespace, name);
         let slot = self.slot(&key);
         let mut cached = slot.lock().await;
-        self.keep(key, &slot, &mut cached, Some(pod.clone()));
+        if !cached.pod.as_deref().is_some_and(|kept| is_older(&pod, kept)) {
+            self.keep(key, &slot, &mut cached, Some(pod.clone()));
+        }
         pod
     }
 
@@ -201,6 +216,40 @@ mod tests {
         drop(api);
         drop(reader);
         assert_eq!(served.await.unwrap(), 3, "five reads at version 1 cost one request");
+    }
+
+    fn with_containers(rv: &str, names: &[&str]) -> Pod {
+        let mut pod = pod(rv);
+        let containers = names
+            .iter()
+            .map(|n| k8s_openapi::api::core::v1::EphemeralContainer { name: n.to_string(), ..Default::default() })
+            .collect();
+        pod.spec =
+            Some(k8s_openapi::api::core::v1::PodSpec { ephemeral_containers: Some(containers), ..Default::default() });
+        pod
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_arrives_late_never_replaces_a_newer_pod() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Pod> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
+        let served = tokio::spawn(async move {
+            let Some((_, send)) = handle.next_request().await else { return 0 };
+            let latest = with_containers("3", &["a", "b"]);
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&latest).unwrap())).unwrap());
+            1
+        });
+        let reader = PodReader::default();
+        // Two sessions' writes to one pod: the later one's answer (with both containers) comes first.
+        reader.wrote(with_containers("2", &["a", "b"])).await;
+        reader.wrote(with_containers("1", &["a"])).await;
+        // The watch reports the older version: a copy of it would lack container b.
+        reader.saw("ns", "web", Some("1"));
+        let pod = reader.read(&api, "ns", "web", &Metrics::new(), false).await.unwrap().unwrap();
+        let names: Vec<_> = pod.spec.unwrap().ephemeral_containers.unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["a", "b"], "b's session would be injected again");
+        drop(api);
+        assert_eq!(served.await.unwrap(), 1, "read again, since the watch is behind the newest copy");
     }
 
     #[tokio::test]
