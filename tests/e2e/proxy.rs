@@ -144,7 +144,10 @@ async fn pass_through(State(proxy): State<PassThrough>, request: Request) -> Res
             proxy.log.answered(index, response.status().as_u16());
             response
         }
-        Err(error) => (http::StatusCode::BAD_GATEWAY, format!("counting proxy: {error}")).into_response(),
+        Err(error) => {
+            proxy.log.answered(index, http::StatusCode::BAD_GATEWAY.as_u16());
+            (http::StatusCode::BAD_GATEWAY, format!("counting proxy: {error}")).into_response()
+        }
     }
 }
 
