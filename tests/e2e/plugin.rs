@@ -310,9 +310,12 @@ async fn the_debugger_role_alone_is_enough_for_the_plugin() {
         all.extend_from_slice(args);
         kubectl_ephemera(&all)
     };
-    let output = as_alice(&["debug", "web", "--image", IMAGE, "--name", "s", "--", "sh", "-c", "echo from-alice"]);
+    // Without -i, --attach follows the log: the line printed before any attach
+    // could connect is there too, whether the plugin saw Running or Terminated.
+    let script = "echo from-alice; sleep 2; echo still-alice";
+    let output = as_alice(&["debug", "web", "--image", IMAGE, "--name", "s", "--attach", "--", "sh", "-c", script]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert!(text(&output).contains("from-alice"), "the output of the finished container: {}", text(&output));
+    assert!(text(&output).contains("from-alice\nstill-alice"), "all the output of the container: {}", text(&output));
     for args in [
         &["attach", "s"][..],
         &["renew", "s", "--attach=false"],

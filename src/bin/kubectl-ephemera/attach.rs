@@ -135,6 +135,21 @@ pub async fn run_attach(
     }
 }
 
+/// Follows the log of a container that reads no input until it exits; then
+/// its exit code, as [`run_attach`] gives it.
+pub async fn follow_output(pods: &Api<Pod>, pod: &str, container: &str, quiet: bool) -> Result<u8, Error> {
+    print_logs(pods, pod, container, true).await?;
+    match crate::wait::exit_code_of(pods, pod, container, Duration::from_secs(5)).await {
+        Some(code) => Ok(u8::try_from(code).unwrap_or(1)),
+        None => {
+            if !quiet {
+                eprintln!("The log of {container} ended while it still runs; follow it again with the same command.");
+            }
+            Ok(1)
+        }
+    }
+}
+
 /// Copies the container's log to stdout (following it while it runs if `follow`).
 pub async fn print_logs(pods: &Api<Pod>, pod: &str, container: &str, follow: bool) -> Result<(), Error> {
     let params = LogParams { container: Some(container.to_string()), follow, ..Default::default() };

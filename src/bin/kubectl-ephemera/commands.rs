@@ -138,6 +138,11 @@ async fn conclude(cx: &Context, session: &DebugSession, attach: bool) -> Result<
                 crate::print_out(&format!("kubectl {}\n", args.join(" ")))?;
                 return Ok(0);
             }
+            if !session.spec.stdin {
+                // Nothing to type into: the log has all the output, from its
+                // first line, where an attach sees only what follows it.
+                return attach::follow_output(&pods, &pod, &container, cx.quiet).await;
+            }
             attach::run_attach(&pods, &cx.flags, &args, &pod, &container, cx.quiet).await
         }
         Some(Phase::Terminated) => {
