@@ -46,6 +46,8 @@ struct Trial {
     name: String,
     pod: String,
     start: Instant,
+    /// When the API server answered the session's create (ephemera only).
+    created: Option<Instant>,
     error: Option<String>,
 }
 
@@ -252,12 +254,12 @@ impl<'a> Latency<'a> {
                 let session = session(&name, &pod, &["sleep", &hold]);
                 let start = Instant::now();
                 let error = self.bench.create_session(NAMESPACE, &session).await.err().map(|e| e.to_string());
-                Trial { who, name, pod, start, error }
+                Trial { who, name, pod, start, created: Some(Instant::now()), error }
             }
             Who::Floor => {
                 let start = Instant::now();
                 let error = floor_debug(&self.floor, &pod, &name, &hold).await.err().map(|e| e.to_string());
-                Trial { who, name, pod, start, error }
+                Trial { who, name, pod, start, created: None, error }
             }
         }
     }
@@ -332,8 +334,11 @@ impl<'a> Latency<'a> {
         let _ = std::fs::write(&dump, crate::requests::dump(&log, window.at));
         let operator = Counts::of(&log);
         let floor_log = self.floor_log.since(window.floor);
-        let created: Vec<(String, Instant)> =
-            sessions.iter().filter(|t| t.error.is_none()).map(|t| (t.name.clone(), t.start)).collect();
+        let created: Vec<(String, Instant, Instant)> = sessions
+            .iter()
+            .filter(|t| t.error.is_none())
+            .map(|t| (t.name.clone(), t.start, t.created.unwrap_or(t.start)))
+            .collect();
         let path = CriticalPath::of(&created, &log, &floor_log);
         let mut floor = Counts::of(&floor_log);
         // The bench's own warm-up of the floor's connections (`warm_clients`), not the floor's.

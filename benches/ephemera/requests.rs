@@ -132,10 +132,12 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Where the time of ephemera's critical path goes, per session, in ms, from
-/// the operator's request log: create → claim sent, the claim (a guarded status
-/// write), claim answered → pod patch sent, the pod patch; and the floor's two requests.
+/// the operator's request log: the session's create (as the bench saw it),
+/// create answered → claim sent, the claim (a guarded status write), claim
+/// answered → pod patch sent, the pod patch; and the floor's two requests.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CriticalPath {
+    pub create: Vec<f64>,
     pub to_claim: Vec<f64>,
     pub claim: Vec<f64>,
     pub claim_to_patch: Vec<f64>,
@@ -145,11 +147,16 @@ pub struct CriticalPath {
 }
 
 impl CriticalPath {
-    /// `sessions`: (name, when it was created); `operator` and `floor`: the window's logs.
-    pub fn of(sessions: &[(String, std::time::Instant)], operator: &[Logged], floor: &[Logged]) -> Self {
+    /// `sessions`: (name, when its create was sent, when it was answered);
+    /// `operator` and `floor`: the window's logs.
+    pub fn of(
+        sessions: &[(String, std::time::Instant, std::time::Instant)],
+        operator: &[Logged],
+        floor: &[Logged],
+    ) -> Self {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         let mut path = CriticalPath::default();
-        for (name, created) in sessions {
+        for (name, sent, created) in sessions {
             let claim = operator.iter().find(|l| {
                 l.method == http::Method::PATCH
                     && object_name(&l.path, "debugsessions") == Some(name)
@@ -161,6 +168,7 @@ impl CriticalPath {
             });
             let (Some(claim), Some(patch)) = (claim, patch) else { continue };
             let (Some(claim_took), Some(patch_took)) = (claim.took, patch.took) else { continue };
+            path.create.push(ms(created.saturating_duration_since(*sent)));
             path.to_claim.push(ms(claim.at.saturating_duration_since(*created)));
             path.claim.push(ms(claim_took));
             path.claim_to_patch.push(ms(patch.at.saturating_duration_since(claim.at + claim_took)));
