@@ -123,14 +123,13 @@ pub async fn run_attach(
     let status = tokio::task::spawn_blocking(move || command.status())
         .await?
         .map_err(|e| format!("running {}: {e}", kubectl.display()))?;
-    // The kubelet reports the exit a moment after the stream closes.
-    match crate::wait::exit_code_of(pods, pod, container, Duration::from_secs(5)).await {
-        Some(code) => Ok(u8::try_from(code).unwrap_or(1)),
+    match exit_code_after_stream(pods, pod, container).await {
+        Some(code) => Ok(exit_status(Some(code))),
         None => {
             if !quiet {
                 eprintln!("The debug container {container} still runs; attach again with the same command.");
             }
-            Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
+            Ok(exit_status(status.code()))
         }
     }
 }
@@ -139,8 +138,8 @@ pub async fn run_attach(
 /// its exit code, as [`run_attach`] gives it.
 pub async fn follow_output(pods: &Api<Pod>, pod: &str, container: &str, quiet: bool) -> Result<u8, Error> {
     print_logs(pods, pod, container, true).await?;
-    match crate::wait::exit_code_of(pods, pod, container, Duration::from_secs(5)).await {
-        Some(code) => Ok(u8::try_from(code).unwrap_or(1)),
+    match exit_code_after_stream(pods, pod, container).await {
+        Some(code) => Ok(exit_status(Some(code))),
         None => {
             if !quiet {
                 eprintln!("The log of {container} ended while it still runs; follow it again with the same command.");
@@ -148,6 +147,18 @@ pub async fn follow_output(pods: &Api<Pod>, pod: &str, container: &str, quiet: b
             Ok(1)
         }
     }
+}
+
+/// The container's exit code once an attach or a followed log has ended, or
+/// `None` if it still runs: the kubelet reports the exit a moment after the
+/// stream closes.
+async fn exit_code_after_stream(pods: &Api<Pod>, pod: &str, container: &str) -> Option<i32> {
+    crate::wait::exit_code_of(pods, pod, container, Duration::from_secs(5)).await
+}
+
+/// An exit code as a process exit status (1 when unknown or out of range).
+pub fn exit_status(code: Option<i32>) -> u8 {
+    code.map_or(1, |c| u8::try_from(c).unwrap_or(1))
 }
 
 /// Copies the container's log to stdout (following it while it runs if `follow`).

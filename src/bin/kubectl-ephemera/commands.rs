@@ -150,7 +150,7 @@ async fn conclude(cx: &Context, session: &DebugSession, attach: bool) -> Result<
             let (pod, container) = attach::current_container(&pods, session).await?;
             eprintln!("{}", report::exited_summary(session));
             attach::print_logs(&pods, &pod, &container, false).await?;
-            Ok(status.exit_code.map_or(1, |c| u8::try_from(c).unwrap_or(1)))
+            Ok(attach::exit_status(status.exit_code))
         }
         _ => {
             let reason = status.reason.map_or("Failed", |r| r.as_str());
