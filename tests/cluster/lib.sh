@@ -160,6 +160,17 @@ pid_of() {
   echo "$pid"
 }
 
+# child_running PID: a child of this shell that has not exited. Its PID cannot
+# be reused before this shell waits for it, so no identity check: pid_of's
+# fails between fork and exec, and `wait` on that live child never returned.
+# An exited child stays a zombie until waited for.
+child_running() {
+  local stat
+  { stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
 # spawn_daemon LOGFILE CMD...: runs CMD in its own session, appending its
 # output to LOGFILE; sets SPAWNED_PID. The daemon gets none of the caller's
 # other descriptors: not a lock (flock(1) around the caller would stay locked

@@ -228,7 +228,7 @@ wait_until() {
       return 0
     fi
     for c in "${STARTED[@]}"; do
-      if ! pid_of "$c" >/dev/null; then
+      if ! child_running "$(<"$PIDS/$c.pid")"; then
         how_it_ended "$c"
         fail_with_log "$c" "$c exited ($ENDED) while waiting for $desc"
       fi
