@@ -1,10 +1,12 @@
 //! The status of a debug container just added waits a moment for the
-//! kubelet's first report on it. The kubelet usually reports within a second
-//! (ContainerCreating, or Running at once), so writing "Injected" alone would
-//! be followed by another write straight away; waiting lets one write say both.
-//! Only the process that added the container waits, and never longer than
-//! [`WAIT`]: after a restart, or when the kubelet stays silent (a kubelet
-//! without the feature gate), "Injected" is written as before.
+//! kubelet to start it. The kubelet usually does within a second or two,
+//! reporting ContainerCreating on the way, so writing "Injected" (and then
+//! "ContainerCreating") would be followed by another write straight away;
+//! waiting lets one write say "Running". A problem the kubelet reports
+//! (ErrImagePull, ...) is written at once. Only the process that added the
+//! container waits, and never longer than [`WAIT`]: after a restart, or when
+//! the kubelet is slow or silent (a kubelet without the feature gate),
+//! "Injected" is written as before.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,7 +17,7 @@ use tokio::time::Instant;
 use crate::crd::DebugSessionStatus;
 use crate::status;
 
-/// The longest a status that only adds "the container is in the pod" waits to be written.
+/// The longest a status that only adds "the container is in the pod, on its way" waits to be written.
 pub const WAIT: Duration = Duration::from_secs(2);
 
 /// When each session's container was added, for those added less than [`WAIT`] ago.
@@ -33,7 +35,8 @@ impl FirstReports {
     }
 
     /// How much longer `status` may wait before it is written: some, while it
-    /// only adds that the container this process just added is in the pod.
+    /// only adds that the container this process just added is in the pod and
+    /// on its way (see [`status::awaits_kubelet`]).
     pub fn wait_left(&self, uid: &str, status: &DebugSessionStatus) -> Option<Duration> {
         let mut injected_at = self.injected_at.lock().expect("first reports lock");
         let left = injected_at
@@ -85,7 +88,13 @@ mod tests {
         assert_eq!(reports.wait_left("uid", &silent), Some(WAIT - Duration::from_millis(500)));
 
         let creating = injected(ContainerState::Waiting, Some("ContainerCreating"));
-        assert_eq!(reports.wait_left("uid", &creating), None, "the kubelet spoke: write");
+        assert_eq!(
+            reports.wait_left("uid", &creating),
+            Some(WAIT - Duration::from_millis(500)),
+            "creating it is the kubelet's routine: wait on"
+        );
+        let cannot_pull = injected(ContainerState::Waiting, Some("ErrImagePull"));
+        assert_eq!(reports.wait_left("uid", &cannot_pull), None, "the kubelet reports a problem: write");
         assert!(reports.is_empty(), "a write ends the wait for good");
         assert_eq!(reports.wait_left("uid", &silent), None);
 

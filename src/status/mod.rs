@@ -988,14 +988,22 @@ fn finish(session: &DebugSession, mut decision: Decision, prior: &DebugSessionSt
     decision
 }
 
+/// The waiting reason the kubelet gives a container it is starting normally.
+pub const ROUTINE_WAITING_REASON: &str = "ContainerCreating";
+
 /// The status adds nothing to the claim but that the current attempt's
-/// container is in the pod: the kubelet has not reported on it yet. (Sessions
-/// on one pod only; a fan-out's rows move on their own.)
+/// container is in the pod and on its way: the kubelet has not reported on
+/// it yet, or is creating it as it does every container. (Sessions on one pod
+/// only; a fan-out's rows move on their own.)
 pub fn awaits_kubelet(status: &DebugSessionStatus) -> bool {
+    let on_its_way = |record: &DebugContainerStatus| match (&record.state, status.waiting_reason.as_deref()) {
+        (ContainerState::Unknown, None) => true,
+        (ContainerState::Waiting, Some(reason)) => reason == ROUTINE_WAITING_REASON,
+        _ => false,
+    };
     status.targets.is_empty()
         && status.phase == Some(Phase::Injected)
-        && status.waiting_reason.is_none()
-        && status.containers.iter().any(|r| r.attempt == status.attempt && r.state == ContainerState::Unknown)
+        && status.containers.iter().any(|r| r.attempt == status.attempt && on_its_way(r))
 }
 
 /// When the session needs another look even if nothing it watches changes.

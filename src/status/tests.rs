@@ -868,7 +868,7 @@ fn a_fan_out_keeps_its_set_and_sums_up_its_pods() {
 }
 
 #[test]
-fn only_a_container_the_kubelet_has_not_reported_on_awaits_it() {
+fn only_a_container_on_its_way_awaits_the_kubelet() {
     let claimed =
         DebugSessionStatus { container_name: Some("debugger-abcde".into()), ..injected(vec![], 0, Phase::Pending) };
     let after_claim = |kubelet: KubeletState| {
@@ -878,7 +878,8 @@ fn only_a_container_the_kubelet_has_not_reported_on_awaits_it() {
     #[rustfmt::skip]
     let cases = [
         ("no word from the kubelet yet", after_claim(None), true),
-        ("ContainerCreating", after_claim(waiting("ContainerCreating", None)), false),
+        ("ContainerCreating", after_claim(waiting("ContainerCreating", None)), true),
+        ("pulling its image failed", after_claim(waiting("ErrImagePull", Some("not found"))), false),
         ("Running at once", after_claim(running()), false),
         ("already exited", after_claim(terminated(0)), false),
         ("a fan-out's rows", DebugSessionStatus {
