@@ -101,7 +101,7 @@ start_component() {
   echo "$SPAWNED_PID" >"$PIDS/$COMPONENT.pid"
   local deadline=$((SECONDS + 120))
   until ready >/dev/null 2>&1; do
-    if ! kill -0 "$SPAWNED_PID" 2>/dev/null; then
+    if ! child_running "$SPAWNED_PID"; then
       show_log "$COMPONENT" 30
       die "$COMPONENT exited while starting again"
     fi
