@@ -368,6 +368,34 @@ fn only_objects<K, E>(item: Result<K, E>) -> future::Ready<Option<Result<K, E>>>
     future::ready(item.ok().map(Ok))
 }
 
+/// Logs how long each (re)list of a watch took and how many objects it
+/// held: a slow `/readyz` then says which list it waited for.
+struct ListLog {
+    resource: &'static str,
+    started: std::time::Instant,
+    objects: usize,
+}
+
+impl ListLog {
+    fn new(resource: &'static str) -> Self {
+        ListLog { resource, started: std::time::Instant::now(), objects: 0 }
+    }
+
+    fn observe<K>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::Init) => (self.started, self.objects) = (std::time::Instant::now(), 0),
+            Ok(watcher::Event::InitApply(_)) => self.objects += 1,
+            Ok(watcher::Event::InitDone) => tracing::info!(
+                resource = self.resource,
+                objects = self.objects,
+                seconds = format_args!("{:.3}", self.started.elapsed().as_secs_f64()),
+                "listed"
+            ),
+            _ => {}
+        }
+    }
+}
+
 /// Runs the controller until a termination signal arrives. `watch_client`
 /// serves the long-lived watches, `client` every other request.
 pub async fn run(
@@ -401,10 +429,12 @@ pub async fn run(
     let session_events = {
         let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
         let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
+        let mut listing = ListLog::new("debugsessions");
         backed_off(watcher(sessions, config.clone()))
             // Nothing reads who wrote which field, and it is a quarter of a session.
             .modify(|session| session.managed_fields_mut().clear())
             .reflect(writer)
+            .inspect(move |event| listing.observe(event))
             .inspect(move |event| match event {
                 // No session listens to the pod's changes any more: its copy goes now.
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
@@ -440,7 +470,9 @@ pub async fn run(
         let (health, errors) = (health.clone(), errors.clone());
         // Pod metadata only, and no cache of it: a pod event is mapped to the
         // sessions that still care about the pod, then dropped.
+        let mut listing = ListLog::new("pods");
         backed_off(watcher(pods, config))
+            .inspect(move |event| listing.observe(event))
             .inspect(move |event| match event {
                 Ok(watcher::Event::InitDone) => health.pods_synced.store(true, Ordering::Relaxed),
                 Err(error) => errors.report("pods", error),
