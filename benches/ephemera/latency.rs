@@ -86,6 +86,15 @@ pub struct ScenarioResult {
     pub path: CriticalPath,
     /// The most connections the operator had open at once.
     pub connections_max: usize,
+    /// Sessions with more status writes than the normal path's three (Injected,
+    /// Running, Terminated) plus one for each waiting reason the kubelet reported.
+    pub status_writes_over_budget: usize,
+}
+
+/// What the normal path may write for a session whose container went through
+/// `waiting_reasons` different waiting reasons.
+pub fn status_write_budget(waiting_reasons: usize) -> usize {
+    3 + waiting_reasons
 }
 
 /// Requests per session against sessions per pod.
@@ -344,9 +353,17 @@ impl<'a> Latency<'a> {
         // The bench's own warm-up of the floor's connections (`warm_clients`), not the floor's.
         floor.by_kind.remove("get discovery /version");
         let metrics = self.operator.metrics().await.since(&window.metrics);
-        let (results, pod_events) = self.timeline.with(|state| {
+        let (results, pod_events, status_writes_over_budget) = self.timeline.with(|state| {
             let results: Vec<TrialResult> = trials.iter().map(|t| result_of(t, state)).collect();
-            (results, state.pod_events_between(pods, window.at, end))
+            // A session and its container are both named like the trial.
+            let over_budget = sessions
+                .iter()
+                .filter(|t| {
+                    let writes = operator.status_writes.get(&t.name).copied().unwrap_or(0);
+                    writes > status_write_budget(state.waiting_reasons(&t.name))
+                })
+                .count();
+            (results, state.pod_events_between(pods, window.at, end), over_budget)
         });
         let in_spec = |who: Who| results.iter().filter(|r| r.who == who && r.in_spec_ms.is_some()).count();
         let result = ScenarioResult {
@@ -364,6 +381,7 @@ impl<'a> Latency<'a> {
             load: (window.load, load_average()),
             path,
             connections_max: self.connections_since(window.at),
+            status_writes_over_budget,
         };
         crate::report::print_scenario(&result);
         result

@@ -4,7 +4,7 @@
 //! DebugSession showed each phase. Ephemera and the floor are timed by the
 //! same watch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ pub struct State {
     pub pod_events: HashMap<String, Vec<Instant>>,
     /// First time each session showed each phase.
     pub sessions: HashMap<String, HashMap<String, Instant>>,
+    /// The waiting reasons the kubelet reported for each container, by container name.
+    pub waiting_reasons: HashMap<String, BTreeSet<String>>,
 }
 
 impl State {
@@ -44,6 +46,11 @@ impl State {
 
     pub fn session_failed(&self, name: &str) -> bool {
         self.session_phase(name, "Failed").is_some()
+    }
+
+    /// How many different waiting reasons the kubelet reported for `container`.
+    pub fn waiting_reasons(&self, container: &str) -> usize {
+        self.waiting_reasons.get(container).map_or(0, BTreeSet::len)
     }
 
     pub fn marks(&self, container: &str) -> Marks {
@@ -144,9 +151,12 @@ impl Timeline {
         }
         let statuses = pod.status.as_ref().and_then(|s| s.ephemeral_container_statuses.as_ref());
         for status in statuses.into_iter().flatten() {
-            let marks = state.containers.entry(status.name.clone()).or_default();
-            marks.in_spec.get_or_insert(now);
+            state.containers.entry(status.name.clone()).or_default().in_spec.get_or_insert(now);
             let container_state = status.state.as_ref();
+            if let Some(reason) = container_state.and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone()) {
+                state.waiting_reasons.entry(status.name.clone()).or_default().insert(reason);
+            }
+            let marks = state.containers.entry(status.name.clone()).or_default();
             if container_state.is_some_and(|s| s.running.is_some()) {
                 marks.running.get_or_insert(now);
             }
