@@ -645,9 +645,15 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 if let Some(uid) = &current.metadata.uid
                     && let Some(left) = ctx.first_reports.wait_left(uid, &decision.status)
                 {
-                    // The claim stands as the status until the kubelet's first report
-                    // (a pod event) or the wait's end: then one write says both.
+                    // The claim stands as the status until the kubelet starts the
+                    // container, reports a problem, or the wait ends: then one write.
                     return Ok(Action::requeue(left));
+                }
+                if let Some(published) = &current.status
+                    && status::only_routine_news(published, &decision.status)
+                {
+                    let requeue = status::requeue_after(&current, &decision.status, now);
+                    return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
                 }
                 let events_since = claim_events.take().map(ClaimEvents::into_before);
                 publish_status(ctx, &sessions, &current, &decision.status, false, events_since).await?;

@@ -1006,6 +1006,37 @@ pub fn awaits_kubelet(status: &DebugSessionStatus) -> bool {
         && status.containers.iter().any(|r| r.attempt == status.attempt && on_its_way(r))
 }
 
+/// Whether `new` tells nothing beyond `published` but that the kubelet has
+/// begun creating the container `published` already says is in the pod, on
+/// its way: routine, not worth a write of its own. It is written with the
+/// next real change (a start, a problem, a timeout), which keeps the normal
+/// path at one write per phase however long the kubelet takes to report.
+pub fn only_routine_news(published: &DebugSessionStatus, new: &DebugSessionStatus) -> bool {
+    if !(awaits_kubelet(published)
+        && published.waiting_reason.is_none()
+        && awaits_kubelet(new)
+        && new.waiting_reason.as_deref() == Some(ROUTINE_WAITING_REASON))
+    {
+        return false;
+    }
+    let mut as_published = new.clone();
+    as_published.waiting_reason = None;
+    as_published.message.clone_from(&published.message);
+    as_published.conditions.clone_from(&published.conditions);
+    for record in &mut as_published.containers {
+        let before = published.containers.iter().find(|r| r.name == record.name && r.attempt == record.attempt);
+        if record.attempt == new.attempt
+            && record.state == ContainerState::Waiting
+            && before.is_some_and(|b| b.state == ContainerState::Unknown)
+        {
+            record.state = ContainerState::Unknown;
+            record.reason = None;
+            record.kubelet_message = None;
+        }
+    }
+    as_published == *published
+}
+
 /// When the session needs another look even if nothing it watches changes.
 pub fn requeue_after(session: &DebugSession, status: &DebugSessionStatus, now: Timestamp) -> Option<Duration> {
     let until = |deadline: Timestamp| {

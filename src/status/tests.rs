@@ -899,3 +899,32 @@ fn only_a_container_on_its_way_awaits_the_kubelet() {
     );
     assert!(!awaits_kubelet(&older_silent));
 }
+
+#[test]
+fn the_kubelet_creating_a_container_already_said_to_be_on_its_way_is_no_news() {
+    let claimed =
+        DebugSessionStatus { container_name: Some("debugger-abcde".into()), ..injected(vec![], 0, Phase::Pending) };
+    let decide = |status: &DebugSessionStatus, kubelet: KubeletState, secs: i64| {
+        let pod = pod("Running", &[("debugger-abcde", kubelet)]);
+        decide_on(&session(0, Some(status.clone())), Some(&pod), Some(&SERVED), secs).status
+    };
+    // The operator waited for the kubelet in vain and published Injected alone.
+    let silent = decide(&claimed, None, 1);
+    assert_eq!((silent.phase, silent.waiting_reason.as_deref()), (Some(Phase::Injected), None));
+    #[rustfmt::skip]
+    let cases = [
+        ("then the kubelet creates it", &silent, decide(&silent, waiting("ContainerCreating", None), 3), true),
+        ("then the kubelet cannot pull its image", &silent,
+            decide(&silent, waiting("ErrImagePull", Some("not found")), 3), false),
+        ("then it runs", &silent, decide(&silent, running(), 3), false),
+        ("then it exits", &silent, decide(&silent, terminated(0), 3), false),
+        ("the claim, then the kubelet creates it (the first report's wait covers this)", &claimed,
+            decide(&claimed, waiting("ContainerCreating", None), 1), false),
+    ];
+    for (case, published, new, no_news) in cases {
+        assert_eq!(only_routine_news(published, &new), no_news, "{case}: {published:?} → {new:?}");
+    }
+    // Once published with the reason, a later problem is news as ever.
+    let creating = decide(&claimed, waiting("ContainerCreating", None), 1);
+    assert!(!only_routine_news(&creating, &decide(&creating, waiting("ErrImagePull", None), 3)));
+}
