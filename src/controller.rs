@@ -649,14 +649,15 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                     // container, reports a problem, or the wait ends: then one write.
                     return Ok(Action::requeue(left));
                 }
-                if let Some(published) = &current.status
-                    && status::only_routine_news(published, &decision.status)
-                {
-                    let requeue = status::requeue_after(&current, &decision.status, now);
-                    return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
+                // The kubelet only creating what is already written as Injected goes out with the next change.
+                let routine = current
+                    .status
+                    .as_ref()
+                    .is_some_and(|published| status::only_routine_news(published, &decision.status));
+                if !routine {
+                    let events_since = claim_events.take().map(ClaimEvents::into_before);
+                    publish_status(ctx, &sessions, &current, &decision.status, false, events_since).await?;
                 }
-                let events_since = claim_events.take().map(ClaimEvents::into_before);
-                publish_status(ctx, &sessions, &current, &decision.status, false, events_since).await?;
                 let requeue = status::requeue_after(&current, &decision.status, now);
                 return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
             }

@@ -151,12 +151,12 @@ impl Timeline {
         }
         let statuses = pod.status.as_ref().and_then(|s| s.ephemeral_container_statuses.as_ref());
         for status in statuses.into_iter().flatten() {
-            state.containers.entry(status.name.clone()).or_default().in_spec.get_or_insert(now);
             let container_state = status.state.as_ref();
             if let Some(reason) = container_state.and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone()) {
                 state.waiting_reasons.entry(status.name.clone()).or_default().insert(reason);
             }
             let marks = state.containers.entry(status.name.clone()).or_default();
+            marks.in_spec.get_or_insert(now);
             if container_state.is_some_and(|s| s.running.is_some()) {
                 marks.running.get_or_insert(now);
             }
