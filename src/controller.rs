@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::core::Selector;
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -24,6 +24,7 @@ use prometheus::IntGauge;
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
 use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
+use crate::events::EventQueue;
 use crate::first_report::FirstReports;
 use crate::index::{GuardedSession, TargetIndex};
 use crate::metrics::Metrics;
@@ -233,16 +234,10 @@ pub struct Context {
     backoff: Backoffs,
     /// (uid, error) of undecodable sessions already reported, so each is reported once.
     undecodable: Mutex<HashSet<(String, String)>>,
+    events: EventQueue,
 }
 
 impl Context {
-    /// A Recorder for one transition's Events. Not kept: a Recorder caches every
-    /// Event it sent for six minutes (to count repeats), which after a burst of
-    /// sessions held 20 MiB; our Events mark transitions and seldom repeat.
-    fn recorder(&self) -> Recorder {
-        Recorder::new(self.client.clone(), Reporter::from("ephemera"))
-    }
-
     pub fn new(client: Client, metrics: Arc<Metrics>, policy: Policy, sessions: Store<GuardedSession>) -> Arc<Self> {
         Arc::new(Self {
             policy,
@@ -254,6 +249,7 @@ impl Context {
             first_reports: FirstReports::default(),
             backoff: Backoffs::default(),
             undecodable: Mutex::default(),
+            events: EventQueue::start(client.clone(), metrics.events_queued.clone()),
             client,
             metrics,
         })
@@ -1038,31 +1034,19 @@ fn count_transition(ctx: &Context, old: &DebugSessionStatus, new: &DebugSessionS
     }
 }
 
-/// Publishes the events of a transition in the background: they tell the
-/// story, but must not slow down the next write.
+/// Queues the events of a transition: they tell the story, but must not slow down the next write.
 fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatus, new: &DebugSessionStatus) {
-    let transitions = status::transitions(old, new);
-    if transitions.is_empty() {
-        return;
-    }
-    let reference = session.object_ref(&());
-    let recorder = ctx.recorder();
-    let in_flight = InFlight::new(&ctx.metrics.event_tasks_in_flight);
-    tokio::spawn(async move {
-        let _in_flight = in_flight;
-        for transition in transitions {
-            let event = Event {
-                type_: if transition.warning { EventType::Warning } else { EventType::Normal },
-                reason: transition.reason,
-                note: Some(transition.note),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(error) = recorder.publish(&event, &reference).await {
-                tracing::warn!(%error, "could not publish event");
-            }
-        }
-    });
+    let events = status::transitions(old, new)
+        .into_iter()
+        .map(|transition| Event {
+            type_: if transition.warning { EventType::Warning } else { EventType::Normal },
+            reason: transition.reason,
+            note: Some(transition.note),
+            action: "Reconcile".into(),
+            secondary: None,
+        })
+        .collect();
+    ctx.events.publish(session.object_ref(&()), events);
 }
 
 /// A session that does not decode (e.g. written for a newer ephemera, or stored
@@ -1109,9 +1093,7 @@ async fn report_undecodable(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder().publish(&event, &reference).await {
-        tracing::warn!(%error, "could not publish event");
-    }
+    ctx.events.publish(reference, vec![event]);
     Ok(Action::await_change())
 }
 

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod crd;
 pub mod debug_container;
 pub mod ephemeral_api;
+pub mod events;
 pub mod first_report;
 pub mod index;
 pub mod leader;

@@ -19,11 +19,11 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// Sessions that listen for pod events (finished ones do not).
     pub listening_sessions: IntGauge,
-    /// What the process holds, for finding leaks: reconciles under way, tasks
-    /// publishing events, tasks alive in the runtime, sessions in the watch's
+    /// What the process holds, for finding leaks: reconciles under way, Events
+    /// not yet published, tasks alive in the runtime, sessions in the watch's
     /// store, pods kept by the pod reader, and the per-session records.
     pub reconciles_in_flight: IntGauge,
-    pub event_tasks_in_flight: IntGauge,
+    pub events_queued: IntGauge,
     pub runtime_alive_tasks: IntGauge,
     pub sessions_known: IntGauge,
     pub pods_cached: IntGauge,
@@ -65,7 +65,7 @@ impl Metrics {
             IntGauge::new("listening_sessions", "DebugSessions that react to events of their pod").unwrap();
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).unwrap();
         let reconciles_in_flight = gauge("reconciles_in_flight", "Reconciles under way");
-        let event_tasks_in_flight = gauge("event_tasks_in_flight", "Tasks publishing the Events of a transition");
+        let events_queued = gauge("events_queued", "Events waiting to be published, or being published");
         let runtime_alive_tasks =
             gauge("runtime_alive_tasks", "Tasks alive in the async runtime (connections included)");
         let sessions_known = gauge("sessions_known", "DebugSessions in the watch's store");
@@ -82,7 +82,7 @@ impl Metrics {
             Box::new(api_requests.clone()),
             Box::new(listening_sessions.clone()),
             Box::new(reconciles_in_flight.clone()),
-            Box::new(event_tasks_in_flight.clone()),
+            Box::new(events_queued.clone()),
             Box::new(runtime_alive_tasks.clone()),
             Box::new(sessions_known.clone()),
             Box::new(pods_cached.clone()),
@@ -100,7 +100,7 @@ impl Metrics {
             api_requests,
             listening_sessions,
             reconciles_in_flight,
-            event_tasks_in_flight,
+            events_queued,
             runtime_alive_tasks,
             sessions_known,
             pods_cached,

@@ -70,7 +70,7 @@ async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) {
 /// The operator's own figures that must come back to where they were.
 const GAUGES: [&str; 7] = [
     "ephemera_reconciles_in_flight",
-    "ephemera_event_tasks_in_flight",
+    "ephemera_events_queued",
     "ephemera_sessions_known",
     "ephemera_listening_sessions",
     "ephemera_pods_cached",
@@ -83,9 +83,7 @@ async fn quiet(port: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = scrape(port).await;
-        if metric(&text, "ephemera_reconciles_in_flight") == 0.0
-            && metric(&text, "ephemera_event_tasks_in_flight") == 0.0
-        {
+        if metric(&text, "ephemera_reconciles_in_flight") == 0.0 && metric(&text, "ephemera_events_queued") == 0.0 {
             return text;
         }
         assert!(Instant::now() < deadline, "the operator never became quiet:\n{text}");
