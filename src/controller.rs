@@ -28,6 +28,7 @@ use crate::events::EventQueue;
 use crate::first_report::FirstReports;
 use crate::index::{GuardedSession, TargetIndex};
 use crate::metrics::Metrics;
+use crate::pod_watch;
 use crate::pods::PodReader;
 use crate::policy::{ActiveSessions, Policy};
 use crate::reads::{PodReads, Reads, reads_for};
@@ -462,24 +463,55 @@ pub async fn run(
             })
             .filter_map(only_objects)
     };
+    // Pod metadata only, and no cache of it: a pod event is mapped to the
+    // sessions that still care about the pod, then dropped. The watch starts
+    // from the pods' version as of now, taken before any reconcile reads a
+    // pod, so that no change after those reads is missed.
+    let pods_from = loop {
+        match pod_watch::current_version(&pods).await {
+            Ok(version) => break version,
+            Err(error) => {
+                errors.report("pods", &error);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!(resource = "pods", resource_version = %pods_from, "watching pod changes from now on (nothing to list)");
+    health.pods_synced.store(true, Ordering::Relaxed);
+    let (resync, resyncs) = tokio::sync::mpsc::unbounded_channel::<()>();
     let pod_events = {
-        let (health, errors) = (health.clone(), errors.clone());
-        // Pod metadata only, and no cache of it: a pod event is mapped to the
-        // sessions that still care about the pod, then dropped.
-        let mut listing = ListLog::new("pods");
-        backed_off(watcher(pods, config))
-            .inspect(move |event| listing.observe(event))
+        let (resync_ctx, errors) = (ctx.clone(), errors.clone());
+        let watch_timeout = Duration::from_secs(u64::from(WATCH_TIMEOUT_SECONDS));
+        backed_off(pod_watch::changes_since(pods, pods_from, watch_timeout))
             .inspect(move |event| match event {
-                Ok(watcher::Event::InitDone) => health.pods_synced.store(true, Ordering::Relaxed),
+                // The pod watch's history expired: what changed meanwhile is unknown,
+                // so no copy of a pod is trusted and every listening session looks again.
+                Ok(watcher::Event::InitDone) => {
+                    resync_ctx.pods.forget_all();
+                    let _ = resync.send(());
+                }
                 Err(error) => errors.report("pods", error),
                 Ok(_) => {}
             })
             .touched_objects()
             .filter_map(only_objects)
     };
+    let listening_sessions = {
+        let index_ctx = ctx.clone();
+        futures::stream::unfold(resyncs, |mut resyncs| async move { resyncs.recv().await.map(|()| ((), resyncs)) })
+            .flat_map(move |()| {
+                let listening = index_ctx.index.listening();
+                tracing::info!(
+                    sessions = listening.len(),
+                    "the pod watch started again from now; waking every session that listens to pods"
+                );
+                futures::stream::iter(listening)
+            })
+    };
     let mapper_ctx = ctx.clone();
     Controller::for_stream(session_events, reader)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .reconcile_on(listening_sessions)
         .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
             let meta = &pod.metadata;
             let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {

@@ -146,6 +146,11 @@ impl TargetIndex {
         found
     }
 
+    /// Every session that listens for pod events.
+    pub fn listening(&self) -> Vec<ObjectRef<GuardedSession>> {
+        self.inner.read().expect("index lock").interests.keys().cloned().collect()
+    }
+
     /// How many sessions listen for pod events (a gauge for /metrics).
     pub fn len(&self) -> usize {
         self.inner.read().expect("index lock").interests.len()

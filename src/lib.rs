@@ -12,6 +12,7 @@ pub mod leader;
 pub mod memory;
 pub mod metrics;
 pub mod plugin;
+pub mod pod_watch;
 pub mod pods;
 pub mod policy;
 pub mod reads;

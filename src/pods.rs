@@ -78,6 +78,12 @@ impl PodReader {
         self.slots.lock().expect("pod reader lock").remove(&key);
     }
 
+    /// Nothing known of any pod is current any more (the pod watch missed changes).
+    pub fn forget_all(&self) {
+        self.seen.lock().expect("pod reader lock").clear();
+        self.slots.lock().expect("pod reader lock").clear();
+    }
+
     fn slot(&self, key: &Key) -> Arc<Slot> {
         self.slots.lock().expect("pod reader lock").entry(key.clone()).or_default().clone()
     }

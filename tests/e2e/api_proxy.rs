@@ -37,13 +37,36 @@ pub enum Mode {
     RivalBeforeFirstWrite,
     /// Changes nothing; the request log counts what the operator asks.
     PassThrough,
-    /// Every LIST of pods (a watch's first list included) is answered this much later.
+    /// Every LIST of pods (the one that gives the pod watch its starting point included) is answered this much later.
     SlowPodLists(Duration),
     /// Every write to pods/ephemeralcontainers is sent on this much later, so
     /// the session stays Pending (its claim written, the pod untouched) meanwhile.
     SlowEphemeralWrites(Duration),
     /// Every write of a DebugSession's status (the claim too) is sent on this much later.
     SlowStatusWrites(Duration),
+    /// Watches of pods are answered but hear nothing until [`Proxy::expire_pod_watch`],
+    /// which ends them with 410 Expired (the server forgot their history, as after
+    /// etcd compacted it while the watch was away); later ones pass through.
+    PodWatchSilentUntilExpired,
+}
+
+/// When silenced pod watches end with 410 Expired.
+#[derive(Default)]
+struct PodWatchExpiry {
+    expired: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl PodWatchExpiry {
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.expired.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -53,6 +76,7 @@ pub struct Proxy {
     rival_added: Arc<AtomicBool>,
     /// Paths of the writes being held back right now (SlowStatusWrites).
     held: Arc<std::sync::Mutex<Vec<String>>>,
+    pod_watch_expiry: Arc<PodWatchExpiry>,
     /// Every request the operator sent.
     pub requests: RequestLog,
 }
@@ -76,6 +100,32 @@ impl Proxy {
     pub fn non_watch_requests(&self) -> Vec<(http::Method, String)> {
         self.requests.non_watch()
     }
+
+    /// Ends the silenced pod watches with 410 Expired (PodWatchSilentUntilExpired).
+    pub fn expire_pod_watch(&self) {
+        self.pod_watch_expiry.expired.store(true, Ordering::SeqCst);
+        self.pod_watch_expiry.notify.notify_waiters();
+    }
+}
+
+/// A pod watch that hears nothing until the expiry, then 410 Expired, as the API server sends it.
+fn silent_until_expired(expiry: Arc<PodWatchExpiry>) -> Response {
+    let expired = serde_json::json!({
+        "type": "ERROR",
+        "object": {
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
+            "message": "too old resource version",
+        },
+    });
+    let body = futures::stream::once(async move {
+        expiry.wait().await;
+        Ok::<_, std::io::Error>(format!("{expired}\n"))
+    });
+    Response::builder()
+        .status(http::StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .expect("a watch response")
 }
 
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
@@ -94,10 +144,18 @@ fn failure(code: http::StatusCode, reason: &str, message: &str) -> Response {
 }
 
 async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::proxy::BoxError> {
-    let Proxy { client, mode, rival_added, held, requests } = proxy;
+    let Proxy { client, mode, rival_added, held, pod_watch_expiry, requests } = proxy;
     let path = request.uri().path().to_string();
     let watch = request.uri().query().unwrap_or_default().contains("watch");
     match mode {
+        Mode::PodWatchSilentUntilExpired
+            if watch && path.ends_with("/pods") && !pod_watch_expiry.expired.load(Ordering::SeqCst) =>
+        {
+            let path_and_query = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let logged = requests.start(request.method(), &path_and_query);
+            requests.answered(logged, 200);
+            return Ok(silent_until_expired(pod_watch_expiry));
+        }
         Mode::SlowPodLists(delay) if request.method() == http::Method::GET && path.ends_with("/pods") && !watch => {
             tokio::time::sleep(delay).await;
         }
@@ -176,8 +234,14 @@ pub async fn start_operator_behind_proxy_with_metrics(env: &mut TestEnv, mode: M
 
 async fn start_operator_behind_proxy_on(env: &mut TestEnv, mode: Mode, metrics_addr: &str) -> Proxy {
     let client = crate::common::client_for("admin").await;
-    let proxy =
-        Proxy { client, mode, rival_added: Arc::default(), held: Arc::default(), requests: RequestLog::default() };
+    let proxy = Proxy {
+        client,
+        mode,
+        rival_added: Arc::default(),
+        held: Arc::default(),
+        pod_watch_expiry: Arc::default(),
+        requests: RequestLog::default(),
+    };
     let app = axum::Router::new().fallback(forward).with_state(proxy.clone());
     let port = serve_on_loopback(app).await;
     let kubeconfig = std::env::temp_dir().join(format!("{}-proxy.kubeconfig", env.namespace));
@@ -269,4 +333,48 @@ async fn a_rival_first_container_costs_nothing_either() {
     assert_eq!(env.ephemeral_names("web").await, vec![name.clone(), "rival".to_string()]);
     assert_eq!(proxy.count(&http::Method::PATCH, "/ephemeralcontainers"), 1, "{:?}", proxy.non_watch_requests());
     assert_eq!(status.ephemeral_containers_at_injection, vec!["rival".to_string(), name]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_watch_whose_history_expired_wakes_every_listening_session() {
+    let mut env = TestEnv::without_operator("pod-watch-expired", &[]).await;
+    env.running_pod("web", &["app"], &[]).await;
+    let proxy = start_operator_behind_proxy(&mut env, Mode::PodWatchSilentUntilExpired).await;
+    env.create_session(
+        "metadata: { name: dbg }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n  command: [\"sh\", \"-c\", \"sleep 3\"]\n  stdin: false\n  tty: false\n",
+    )
+    .await;
+    // The container runs and exits; the operator, deaf to the pod, cannot know.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pod = env.pods.get("web").await.unwrap();
+        let statuses = pod.status.and_then(|s| s.ephemeral_container_statuses).unwrap_or_default();
+        if statuses.iter().any(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some())) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the debug container did not exit");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deaf = env.sessions.get("dbg").await.unwrap();
+    let phase = deaf.status.as_ref().and_then(|s| s.phase);
+    assert_ne!(phase, Some(Phase::Terminated), "the pod watch was silent, yet the operator knew: {:?}", deaf.status);
+
+    // The watch starts from the pods' version as of then: a list of one pod,
+    // never a list of them all, at the start or after the expiry.
+    let pod_lists = || -> Vec<crate::proxy::Logged> {
+        let all = proxy.requests.since(0).into_iter();
+        all.filter(|l| !l.is_watch() && l.method == http::Method::GET && l.bare_path().ends_with("/pods")).collect()
+    };
+    assert_eq!(pod_lists().len(), 1, "{:#?}", pod_lists());
+
+    proxy.expire_pod_watch();
+    let expired_at = tokio::time::Instant::now();
+    let session = env.wait_phase("dbg", Phase::Terminated).await;
+    eprintln!("Terminated {:?} after the pod watch expired (was {phase:?})", expired_at.elapsed());
+    assert!(expired_at.elapsed() < Duration::from_secs(10), "{:?}", expired_at.elapsed());
+    assert_eq!(session.status.unwrap().exit_code, Some(0));
+    let lists = pod_lists();
+    assert_eq!(lists.len(), 2, "one more after the expiry: {lists:#?}");
+    assert!(lists.iter().all(|l| l.path.contains("limit=1")), "{lists:#?}");
 }

@@ -256,8 +256,9 @@ async fn readyz_waits_for_the_first_sync_and_a_taken_port_stops_startup() {
     assert!(log.contains(&format!("cannot serve /metrics, /healthz and /readyz on {taken}")), "{log}");
     drop(listener);
 
-    // Ready only once both watches have listed: never before, always after.
-    // The pod list takes two seconds here, so "before" lasts long enough to see.
+    // Ready only once the sessions are listed and the pod watch has its starting
+    // point: never before, always after. The pods' version (a list of one pod)
+    // takes two seconds here, so "before" lasts long enough to see.
     let mut env = env;
     let port = crate::common::free_port();
     let _proxy = crate::api_proxy::start_operator_behind_proxy_with_metrics(
