@@ -250,7 +250,7 @@ pub async fn run(bench: &Bench, plan: &Plan, keep: bool) -> ScaleResult {
     say!("  serving operator: {serving_figures:?}");
     serving.kill();
 
-    // A restart: a new process lists them all again.
+    // A restart: a new process lists the sessions again.
     let mut restarted = OperatorProcess::spawn(NAMESPACE, &kubeconfig, Some("admin"), "scale-restarted", &[]);
     let sampler = Sampler::start(restarted.pid(), bench.api_port);
     let ready = restarted.wait_ready(Duration::from_secs(300)).await.map(|d| d.as_secs_f64());
