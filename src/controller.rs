@@ -427,7 +427,7 @@ pub async fn run(
         let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
         let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
         let mut listing = ListLog::new("debugsessions");
-        backed_off(watcher(sessions, config.clone()))
+        backed_off(watcher(sessions, config))
             // Nothing reads who wrote which field, and it is a quarter of a session.
             .modify(|session| session.managed_fields_mut().clear())
             .reflect(writer)
@@ -481,8 +481,7 @@ pub async fn run(
     let (resync, resyncs) = tokio::sync::mpsc::unbounded_channel::<()>();
     let pod_events = {
         let (resync_ctx, errors) = (ctx.clone(), errors.clone());
-        let watch_timeout = Duration::from_secs(u64::from(WATCH_TIMEOUT_SECONDS));
-        backed_off(pod_watch::changes_since(pods, pods_from, watch_timeout))
+        backed_off(pod_watch::changes_since(pods, pods_from, WATCH_TIMEOUT_SECONDS))
             .inspect(move |event| match event {
                 // The pod watch's history expired: what changed meanwhile is unknown,
                 // so no copy of a pod is trusted and every listening session looks again.

@@ -9,8 +9,6 @@
 //! since are unknown: the watch takes the current version again and yields
 //! `InitDone`, and the caller wakes every session that listens to pods.
 
-use std::time::Duration;
-
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -45,9 +43,9 @@ enum State {
 pub fn changes_since(
     api: Api<PodMeta>,
     version: String,
-    timeout: Duration,
+    timeout_seconds: u32,
 ) -> impl Stream<Item = Result<Event<PodMeta>, watcher::Error>> + Send {
-    let params = WatchParams::default().timeout(timeout.as_secs().try_into().unwrap_or(u32::MAX));
+    let params = WatchParams::default().timeout(timeout_seconds);
     futures::stream::unfold(State::From(version), move |state| {
         let (api, params) = (api.clone(), params.clone());
         async move { Some(next(&api, &params, state).await) }
@@ -106,6 +104,8 @@ async fn next(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use http::{Request, Response};
     use kube::Client;
     use kube::client::Body;
@@ -174,8 +174,7 @@ mod tests {
     #[tokio::test]
     async fn watches_from_the_given_version_and_goes_on_where_it_ended_without_listing() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let mut changes =
-            Box::pin(changes_since(pods(Client::new(service, "default")), "100".into(), Duration::from_secs(290)));
+        let mut changes = Box::pin(changes_since(pods(Client::new(service, "default")), "100".into(), 290));
         let server = tokio::spawn(async move {
             answer_watch(&mut handle, "100", &[pod_line("ADDED", "a", "101"), bookmark_line("150")]).await;
             // The watch ended (its timeout): the next starts at the bookmark.
@@ -199,8 +198,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_history_takes_the_current_version_and_says_so() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let mut changes =
-            Box::pin(changes_since(pods(Client::new(service, "default")), "100".into(), Duration::from_secs(290)));
+        let mut changes = Box::pin(changes_since(pods(Client::new(service, "default")), "100".into(), 290));
         let server = tokio::spawn(async move {
             answer_watch(&mut handle, "100", &[expired_line()]).await;
             // The current version, from a list of one item.

@@ -110,13 +110,8 @@ impl Proxy {
 
 /// A pod watch that hears nothing until the expiry, then 410 Expired, as the API server sends it.
 fn silent_until_expired(expiry: Arc<PodWatchExpiry>) -> Response {
-    let expired = serde_json::json!({
-        "type": "ERROR",
-        "object": {
-            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
-            "message": "too old resource version",
-        },
-    });
+    let status = failure_status(http::StatusCode::GONE, "Expired", "too old resource version");
+    let expired = serde_json::json!({ "type": "ERROR", "object": status });
     let body = futures::stream::once(async move {
         expiry.wait().await;
         Ok::<_, std::io::Error>(format!("{expired}\n"))
@@ -135,12 +130,16 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     }
 }
 
-fn failure(code: http::StatusCode, reason: &str, message: &str) -> Response {
-    let status = serde_json::json!({
+/// A `Status` of failure, as the API server words it.
+fn failure_status(code: http::StatusCode, reason: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "status": "Failure",
         "reason": reason, "code": code.as_u16(), "message": message,
-    });
-    (code, status.to_string()).into_response()
+    })
+}
+
+fn failure(code: http::StatusCode, reason: &str, message: &str) -> Response {
+    (code, failure_status(code, reason, message).to_string()).into_response()
 }
 
 async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::proxy::BoxError> {
