@@ -95,9 +95,23 @@ struct OwnWrite {
     /// The resourceVersion the write produced.
     written: Option<String>,
     status_hash: u64,
-    /// Until the echo arrives: the version the write was based on, and what it wrote.
-    pending: Option<(Option<String>, Arc<DebugSessionStatus>)>,
+    /// Until the echo arrives: what the cache may still hold, and what was written.
+    pending: Option<Pending>,
 }
+
+/// Writes whose echo has not arrived yet.
+#[derive(Clone)]
+struct Pending {
+    /// The versions these writes replaced, oldest first: the one the first was
+    /// based on, then each write of ours that a later one was based on. The
+    /// watch may lag more than one write behind (seen with 200 sessions at once).
+    superseded: Vec<Option<String>>,
+    /// What the last write put in the status.
+    status: Arc<DebugSessionStatus>,
+}
+
+/// More writes than this in a row without an echo are not expected; the oldest are dropped.
+const SUPERSEDED_KEPT: usize = 8;
 
 fn status_hash(status: Option<&DebugSessionStatus>) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -119,11 +133,18 @@ impl OwnWrites {
         };
         let mut by_uid = self.by_uid.lock().expect("own writes lock");
         let Some(own) = by_uid.get_mut(uid) else { return false };
-        let echo = own.written.as_ref() == Some(rv);
-        if echo {
+        if own.written.as_ref() == Some(rv) {
             own.pending = None;
+            return true;
         }
-        echo
+        // One of our earlier writes, while a later one waits for its echo: the
+        // cache moved on, but not past anything this operator does not know.
+        let Some(pending) = own.pending.as_mut() else { return false };
+        let Some(at) = pending.superseded.iter().skip(1).position(|v| v.as_ref() == Some(rv)) else {
+            return false;
+        };
+        pending.superseded.drain(..=at);
+        true
     }
 
     fn status_is_own(&self, session: &DebugSession) -> bool {
@@ -131,17 +152,19 @@ impl OwnWrites {
     }
 
     /// `session` as the API server has it after our last write, when the cache
-    /// still holds the very version that write was based on. Any other version
+    /// still holds a version that our writes since replaced. Any other version
     /// (a newer spec, a status someone else wrote) is taken as it is.
     fn caught_up(&self, session: &DebugSession) -> Option<DebugSession> {
         let own = self.entry(session)?;
-        let (based_on, status) = own.pending?;
-        if based_on != session.metadata.resource_version || own.written == session.metadata.resource_version {
+        let pending = own.pending?;
+        let at = pending.superseded.iter().position(|v| *v == session.metadata.resource_version)?;
+        if own.written == session.metadata.resource_version {
             return None;
         }
+        tracing::debug!(session = %session.name_any(), writes_behind = pending.superseded.len() - at, "the session cache lags behind our own status writes");
         let mut current = session.clone();
         current.metadata.resource_version = own.written;
-        current.status = Some(status.as_ref().clone());
+        current.status = Some(pending.status.as_ref().clone());
         Some(current)
     }
 
@@ -159,8 +182,21 @@ impl OwnWrites {
             // Under the lock: an echo applied to the cache after this check is seen by `is_echo`.
             let mut by_uid = self.by_uid.lock().expect("own writes lock");
             let pending = if resource_version != session.metadata.resource_version {
-                (cached_version() != resource_version)
-                    .then(|| (session.metadata.resource_version.clone(), Arc::new(status.clone())))
+                (cached_version() != resource_version).then(|| {
+                    let based_on = &session.metadata.resource_version;
+                    // Based on our own last write: the versions it replaced are still replaced.
+                    let mut superseded = by_uid
+                        .get(uid)
+                        .filter(|own| own.written == *based_on)
+                        .and_then(|own| own.pending.as_ref())
+                        .map(|pending| pending.superseded.clone())
+                        .unwrap_or_default();
+                    superseded.push(based_on.clone());
+                    if superseded.len() > SUPERSEDED_KEPT {
+                        superseded.remove(0);
+                    }
+                    Pending { superseded, status: Arc::new(status.clone()) }
+                })
             } else {
                 // Nothing written: a copy still waiting for its echo stays.
                 by_uid.get(uid).filter(|own| own.written == resource_version).and_then(|own| own.pending.clone())
@@ -1322,5 +1358,50 @@ mod tests {
         assert!(own.caught_up(&cached).is_none(), "after the echo the cache is current");
         echo.metadata.resource_version = Some("10".into());
         assert!(!own.is_echo(&echo));
+    }
+
+    #[test]
+    fn a_cache_two_writes_behind_starts_from_the_last_write() {
+        let own = OwnWrites::default();
+        let cached = session_at_version_7();
+        let claim = DebugSessionStatus { phase: Some(Phase::Pending), ..Default::default() };
+        let injected = DebugSessionStatus { phase: Some(Phase::Injected), ..Default::default() };
+        own.record(&cached, Some("8".into()), &claim, || Some("7".into()));
+        let after_claim = own.caught_up(&cached).expect("the cache still has version 7");
+        own.record(&after_claim, Some("9".into()), &injected, || Some("7".into()));
+        // Still at 7 (no status): deciding from it would write Injected again.
+        let current = own.caught_up(&cached).expect("7 was replaced by the claim and then by Injected");
+        assert_eq!(current.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(current.status, Some(injected.clone()));
+        // The claim's echo: ours, nothing new, and the cache is still one write behind.
+        let mut claim_echo = cached.clone();
+        claim_echo.metadata.resource_version = Some("8".into());
+        claim_echo.status = Some(claim);
+        assert!(own.is_echo(&claim_echo));
+        assert_eq!(own.caught_up(&claim_echo).and_then(|s| s.status), Some(injected.clone()));
+        assert!(own.caught_up(&cached).is_none(), "the watch does not go back to 7");
+        let mut injected_echo = claim_echo.clone();
+        injected_echo.metadata.resource_version = Some("9".into());
+        injected_echo.status = Some(injected.clone());
+        assert!(own.is_echo(&injected_echo));
+        assert!(own.caught_up(&claim_echo).is_none() && own.caught_up(&injected_echo).is_none());
+    }
+
+    #[test]
+    fn a_write_based_on_someone_elses_version_starts_a_new_chain() {
+        let own = OwnWrites::default();
+        let cached = session_at_version_7();
+        let injected = DebugSessionStatus { phase: Some(Phase::Injected), ..Default::default() };
+        let running = DebugSessionStatus { phase: Some(Phase::Running), ..Default::default() };
+        own.record(&cached, Some("8".into()), &injected, || Some("7".into()));
+        // Someone else wrote 9 (the cache has it); ours then goes 9 -> 10.
+        let mut theirs = cached.clone();
+        theirs.metadata.resource_version = Some("9".into());
+        own.record(&theirs, Some("10".into()), &running, || Some("9".into()));
+        assert!(own.caught_up(&cached).is_none(), "7 was not what our write to 10 replaced");
+        assert_eq!(own.caught_up(&theirs).and_then(|s| s.status), Some(running));
+        let mut late_echo = cached.clone();
+        late_echo.metadata.resource_version = Some("8".into());
+        assert!(!own.is_echo(&late_echo), "8 is not in the chain that leads to 10");
     }
 }
