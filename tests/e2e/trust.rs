@@ -286,6 +286,10 @@ async fn readyz_waits_for_the_first_sync_and_a_taken_port_stops_startup() {
     }
     let first_ready = seen.iter().position(|c| c == "200").unwrap();
     assert!(seen[..first_ready].contains(&"503".to_string()), "not ready until the lists are in: {seen:?}");
+    // Its log goes to a file, as `kubectl logs` shows it: plain text, no terminal colour codes.
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    assert!(log.contains("INFO ephemera::controller: watching"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a log that is no terminal: {log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
