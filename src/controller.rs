@@ -503,12 +503,13 @@ pub async fn run(
     // sessions that still care about the pod, then dropped. The watch starts
     // from the pods' version as of now, taken before any reconcile reads a
     // pod, so that no change after those reads is missed.
+    let mut retries = WatchBackoff::default();
     let pods_from = loop {
         match pod_watch::current_version(&pods).await {
             Ok(version) => break version,
             Err(error) => {
                 errors.report("pods", &error);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(retries.next().unwrap_or(Duration::from_secs(2))).await;
             }
         }
     };
