@@ -48,6 +48,9 @@ pub enum Mode {
     /// which ends them with 410 Expired (the server forgot their history, as after
     /// etcd compacted it while the watch was away); later ones pass through.
     PodWatchSilentUntilExpired,
+    /// Every event of a DebugSession watch reaches the operator this much
+    /// later, in order: its cache lags behind its own status writes.
+    SlowSessionWatch(Duration),
 }
 
 /// When silenced pod watches end with 410 Expired.
@@ -121,6 +124,25 @@ fn silent_until_expired(expiry: Arc<PodWatchExpiry>) -> Response {
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(body))
         .expect("a watch response")
+}
+
+/// `body` with each of its chunks passed on `delay` after it arrived, in order.
+fn delayed(body: Body, delay: Duration) -> Body {
+    use futures::StreamExt;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let mut chunks = body.into_data_stream();
+    tokio::spawn(async move {
+        while let Some(chunk) = chunks.next().await {
+            if sender.send((tokio::time::Instant::now() + delay, chunk)).is_err() {
+                break;
+            }
+        }
+    });
+    Body::from_stream(futures::stream::unfold(receiver, |mut receiver| async move {
+        let (due, chunk) = receiver.recv().await?;
+        tokio::time::sleep_until(due).await;
+        Some((chunk, receiver))
+    }))
 }
 
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
@@ -209,6 +231,13 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::
     }
     let response = send_upstream(&client, request).await?;
     requests.answered(logged, response.status().as_u16());
+    if let Mode::SlowSessionWatch(delay) = mode
+        && watch
+        && path.ends_with("/debugsessions")
+    {
+        let (parts, body) = response.into_parts();
+        return Ok(Response::from_parts(parts, delayed(body, delay)));
+    }
     if path == "/api/v1" && matches!(mode, Mode::GateOff) {
         let (mut parts, body) = response.into_parts();
         let mut list: serde_json::Value = serde_json::from_slice(&axum::body::to_bytes(body, usize::MAX).await?)?;
@@ -376,4 +405,38 @@ async fn a_pod_watch_whose_history_expired_wakes_every_listening_session() {
     let lists = pod_lists();
     assert_eq!(lists.len(), 2, "one more after the expiry: {lists:#?}");
     assert!(lists.iter().all(|l| l.path.contains("limit=1")), "{lists:#?}");
+}
+
+/// A session watch that lags several of the operator's own status writes
+/// behind (as with 200 sessions at once) must not make it write again what it
+/// wrote: each reconcile starts from its last write, and the late echoes of
+/// its earlier writes wake nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_watch_several_writes_behind_adds_no_status_write() {
+    let mut env = TestEnv::without_operator("session-watch-behind", &[]).await;
+    env.running_pod("web", &["app"], &[]).await;
+    let proxy = start_operator_behind_proxy(&mut env, Mode::SlowSessionWatch(Duration::from_secs(6))).await;
+    env.create_session(
+        "metadata: { name: dbg }\nspec:\n  target: { pod: web }\n  image: localhost/busybox:1.36\n  command: [\"sh\", \"-c\", \"sleep 2\"]\n  stdin: false\n  tty: false\n",
+    )
+    .await;
+    // The claim, Running and Terminated all go out before the claim's echo is back.
+    let session = env.wait_phase("dbg", Phase::Terminated).await;
+    // Then every echo arrives; none may cause a write.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status_writes: Vec<String> = proxy
+        .requests
+        .since(0)
+        .into_iter()
+        .filter(|l| l.method == http::Method::PATCH && l.bare_path().ends_with("/debugsessions/dbg/status"))
+        .map(|l| l.path)
+        .collect();
+    let log = std::fs::read_to_string(&env.operator.as_ref().unwrap().log).unwrap();
+    let lag = log.lines().filter(|l| l.contains("lags behind our own status writes")).collect::<Vec<_>>();
+    assert!(lag.iter().any(|l| l.contains("writes_behind=2")), "the cache was never two writes behind: {lag:#?}");
+    assert_eq!(status_writes.len(), 3, "claim, Running, Terminated: {status_writes:#?}");
+    let status = session.status.unwrap();
+    assert_eq!(status.exit_code, Some(0));
+    let now = env.sessions.get("dbg").await.unwrap();
+    assert_eq!(now.status.unwrap().containers, status.containers, "the record (injectedAt too) stays as first written");
 }
