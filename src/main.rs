@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
@@ -109,9 +110,32 @@ impl PolicyArgs {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     ephemera::memory::share_one_malloc_arena();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(Cli::parse()))
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    let Err(error) = result else { return ExitCode::SUCCESS };
+    // Worded for a person (not Rust's Debug dump), through the log when there is one.
+    let mut words = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Many errors already say their cause.
+        let cause_words = cause.to_string();
+        if !words.contains(&cause_words) {
+            words = format!("{words}: {cause_words}");
+        }
+        source = cause.source();
+    }
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!("cannot go on: {words}");
+    } else {
+        eprintln!("error: {words}");
+    }
+    ExitCode::FAILURE
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {

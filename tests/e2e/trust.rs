@@ -254,6 +254,7 @@ async fn readyz_waits_for_the_first_sync_and_a_taken_port_stops_startup() {
     assert!(!status.success());
     let log = std::fs::read_to_string(&operator.log).unwrap();
     assert!(log.contains(&format!("cannot serve /metrics, /healthz and /readyz on {taken}")), "{log}");
+    assert!(log.contains("ERROR ephemera: cannot go on: cannot serve"), "worded in the log, not dumped: {log}");
     drop(listener);
 
     // Ready only once the sessions are listed and the pod watch has its starting
