@@ -140,10 +140,13 @@ impl OwnWrites {
         // One of our earlier writes, while a later one waits for its echo: the
         // cache moved on, but not past anything this operator does not know.
         let Some(pending) = own.pending.as_mut() else { return false };
-        let Some(at) = pending.superseded.iter().skip(1).position(|v| v.as_ref() == Some(rv)) else {
+        // The first version was someone else's: only later ones echo our writes.
+        let ours = |at: &usize| *at > 0;
+        let Some(at) = pending.superseded.iter().position(|v| v.as_ref() == Some(rv)).filter(ours) else {
             return false;
         };
-        pending.superseded.drain(..=at);
+        // The cache holds `rv` now, which our later writes replaced; it never goes back before it.
+        pending.superseded.drain(..at);
         true
     }
 

@@ -196,19 +196,9 @@ async fn try_forward(proxy: Proxy, request: Request) -> Result<Response, crate::
         }
         _ => {}
     }
-    let path_and_query = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let write = request.method() != http::Method::GET;
-    // A status write's body is kept, so a test can tell what each write said.
-    let (request, logged) = if write && path.ends_with("/status") {
-        let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await?;
-        let logged =
-            requests.start_with_body(&parts.method, &path_and_query, String::from_utf8_lossy(&body).into_owned());
-        (Request::from_parts(parts, Body::from(body)), logged)
-    } else {
-        let logged = requests.start(request.method(), &path_and_query);
-        (request, logged)
-    };
+    // A write's body is kept, so a test can tell what each status write said.
+    let (request, logged) = requests.start_request(request).await?;
     if let Some(pod_path) = path.strip_suffix("/ephemeralcontainers") {
         // /api/v1/namespaces/NS/pods/NAME
         let parts: Vec<&str> = pod_path.rsplit('/').collect();

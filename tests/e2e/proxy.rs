@@ -5,7 +5,7 @@
 //! the API server with a client of its own.
 //!
 //! [`serve`] forwards everything unchanged; tests that change answers build
-//! their own handler around [`send_upstream`] and [`RequestLog::start`].
+//! their own handler around [`send_upstream`] and [`RequestLog::start_request`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -56,6 +56,21 @@ impl RequestLog {
         let at = Instant::now();
         log.push(Logged { at, method: method.clone(), path: path.to_string(), status: 0, took: None, body });
         log.len() - 1
+    }
+
+    /// Records `request`, with the start of a write's body; returns it whole
+    /// again, with its index for [`RequestLog::answered`].
+    pub async fn start_request(&self, request: Request) -> Result<(Request, usize), axum::Error> {
+        let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await?;
+        let kept = if parts.method == http::Method::GET {
+            String::new()
+        } else {
+            String::from_utf8_lossy(&body[..body.len().min(BODY_KEPT)]).into_owned()
+        };
+        let index = self.start_with_body(&parts.method, &path, kept);
+        Ok((Request::from_parts(parts, Body::from(body)), index))
     }
 
     pub fn answered(&self, index: usize, status: u16) {
@@ -129,17 +144,10 @@ struct PassThrough {
 const BODY_KEPT: usize = 16_000;
 
 async fn pass_through(State(proxy): State<PassThrough>, request: Request) -> Response {
-    let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-    let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+    let Ok((request, index)) = proxy.log.start_request(request).await else {
         return (http::StatusCode::BAD_REQUEST, "counting proxy: unreadable body").into_response();
     };
-    let mut kept = String::from_utf8_lossy(&body[..body.len().min(BODY_KEPT)]).into_owned();
-    if parts.method == http::Method::GET {
-        kept.clear();
-    }
-    let index = proxy.log.start_with_body(&parts.method, &path, kept);
-    match send_upstream(&proxy.client, Request::from_parts(parts, Body::from(body))).await {
+    match send_upstream(&proxy.client, request).await {
         Ok(response) => {
             proxy.log.answered(index, response.status().as_u16());
             response
