@@ -23,10 +23,11 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus::IntGauge;
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
-use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, add_ephemeral_container, classify_refusal};
+use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, classify_refusal};
 use crate::events::EventQueue;
 use crate::first_report::FirstReports;
 use crate::index::{GuardedSession, TargetIndex};
+use crate::injector::Injector;
 use crate::metrics::Metrics;
 use crate::pod_watch;
 use crate::pods::PodReader;
@@ -271,6 +272,7 @@ pub struct Context {
     pub pods: PodReader,
     own: OwnWrites,
     first_reports: FirstReports,
+    injector: Injector,
     backoff: Backoffs,
     /// (uid, error) of undecodable sessions already reported, so each is reported once.
     undecodable: Mutex<HashSet<(String, String)>>,
@@ -287,6 +289,7 @@ impl Context {
             pods: PodReader::default(),
             own: OwnWrites::default(),
             first_reports: FirstReports::default(),
+            injector: Injector::new(client.clone(), metrics.clone()),
             backoff: Backoffs::default(),
             undecodable: Mutex::default(),
             events: EventQueue::start(client.clone(), metrics.events_queued.clone()),
@@ -459,6 +462,7 @@ pub async fn run(
         let records = |kind: &str, len: usize| metrics.session_records.with_label_values(&[kind]).set(len as i64);
         records("own_writes", ctx.own.len());
         records("first_reports", ctx.first_reports.len());
+        records("pod_writes", ctx.injector.len());
         records("backoffs", ctx.backoff.len());
         records("undecodable", ctx.undecodable.lock().expect("undecodable lock").len());
     });
@@ -839,8 +843,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 let mut stale = false;
                 for injection in &injections {
                     let pod_name = injection.pod.metadata.name.clone().unwrap_or_default();
-                    ctx.metrics.request("patch", "pods/ephemeralcontainers");
-                    match add_ephemeral_container(&ctx.client, shape, &injection.pod, &injection.container).await {
+                    match ctx.injector.add(shape, &injection.pod, &injection.container).await {
                         Ok(updated) => {
                             ctx.metrics.injections.with_label_values(&["injected"]).inc();
                             if let Some(uid) = &current.metadata.uid {

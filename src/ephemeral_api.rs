@@ -183,14 +183,15 @@ fn subresource_path(namespace: &str, pod: &str) -> String {
 /// How often a legacy PUT is tried again when another writer came first.
 const LEGACY_CONFLICT_RETRIES: u32 = 10;
 
-/// Adds `container` to `pod` and returns the pod as it is afterwards (as far
-/// as its ephemeral containers go). A container of that name already in the
-/// pod is left as it is: the caller then sees whose it is and decides again.
-pub async fn add_ephemeral_container(
+/// Adds `containers` to `pod` in one write and returns the pod as it is
+/// afterwards (as far as its ephemeral containers go). A container of that
+/// name already in the pod is left as it is: the caller then sees whose it is
+/// and decides again.
+pub async fn add_ephemeral_containers(
     client: &Client,
     shape: ApiShape,
     pod: &Pod,
-    container: &EphemeralContainer,
+    containers: &[EphemeralContainer],
 ) -> Result<Pod, kube::Error> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -200,7 +201,7 @@ pub async fn add_ephemeral_container(
             pods.patch_ephemeral_containers(
                 name,
                 &PatchParams::default(),
-                &Patch::Strategic(merge_patch(pod, container)),
+                &Patch::Strategic(merge_patch(pod, containers)),
             )
             .await
         }
@@ -212,10 +213,12 @@ pub async fn add_ephemeral_container(
                 // PUT at that version: every one of them goes back unchanged.
                 let get = http::Request::get(&path).body(Vec::new()).map_err(kube::Error::HttpError)?;
                 let mut current: LegacyEphemeralContainers = client.request(get).await?;
-                if current.ephemeral_containers.iter().any(|c| c.name == container.name) {
+                let there = |name: &str| current.ephemeral_containers.iter().any(|c| c.name == name);
+                let new: Vec<EphemeralContainer> = containers.iter().filter(|c| !there(&c.name)).cloned().collect();
+                if new.is_empty() {
                     return Ok(with_ephemeral_containers(pod, current.ephemeral_containers));
                 }
-                current.ephemeral_containers.push(container.clone());
+                current.ephemeral_containers.extend(new);
                 let body = serde_json::to_vec(&LegacyEphemeralContainers {
                     api_version: "v1".into(),
                     kind: "EphemeralContainers".into(),
@@ -239,14 +242,14 @@ pub async fn add_ephemeral_container(
     }
 }
 
-/// The strategic merge patch that adds `container` to the pod's ephemeral
-/// containers, as `kubectl debug` sends it: merged by name into whatever list
+/// The strategic merge patch that adds `containers` to the pod's ephemeral
+/// containers, as `kubectl debug` sends one: merged by name into whatever list
 /// the pod has by then, so no other writer's container is lost and no other
 /// write conflicts with it. Only the pod that was read takes it: one deleted
 /// and created again under the same name has another UID, which a patch may
 /// not change, and the patch is refused.
-pub fn merge_patch(pod: &Pod, container: &EphemeralContainer) -> serde_json::Value {
-    let mut patch = serde_json::json!({ "spec": { "ephemeralContainers": [container] } });
+pub fn merge_patch(pod: &Pod, containers: &[EphemeralContainer]) -> serde_json::Value {
+    let mut patch = serde_json::json!({ "spec": { "ephemeralContainers": containers } });
     if let Some(uid) = &pod.metadata.uid {
         patch["metadata"] = serde_json::json!({ "uid": uid });
     }
@@ -361,7 +364,7 @@ mod tests {
         }
 
         async fn add(client: Client) -> Result<Pod, kube::Error> {
-            add_ephemeral_container(&client, ApiShape::LegacyEphemeralContainers, &recorded_pod(), &new_container())
+            add_ephemeral_containers(&client, ApiShape::LegacyEphemeralContainers, &recorded_pod(), &[new_container()])
                 .await
         }
 
@@ -437,7 +440,7 @@ mod tests {
             pod.metadata.uid = Some("uid-1".into());
             pod.spec.get_or_insert_default().ephemeral_containers =
                 Some(vec![EphemeralContainer { name: "old".into(), ..Default::default() }]);
-            add_ephemeral_container(&client, ApiShape::PodSubresource, &pod, &new_container()).await.unwrap();
+            add_ephemeral_containers(&client, ApiShape::PodSubresource, &pod, &[new_container()]).await.unwrap();
             drop(client);
             let patch = server.await.unwrap();
             assert_eq!(

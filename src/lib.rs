@@ -8,6 +8,7 @@ pub mod ephemeral_api;
 pub mod events;
 pub mod first_report;
 pub mod index;
+pub mod injector;
 pub mod leader;
 pub mod memory;
 pub mod metrics;

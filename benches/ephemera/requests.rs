@@ -55,6 +55,8 @@ pub struct Counts {
     pub status_writes: BTreeMap<String, usize>,
     /// Pod GETs by pod name.
     pub pod_gets: BTreeMap<String, usize>,
+    /// Accepted writes to pods/ephemeralcontainers, by the name of each container they add.
+    pub container_writes: BTreeMap<String, usize>,
     /// How long the API server took, by "verb resource": (median, p99) in ms, watches left out.
     pub took_ms: BTreeMap<String, (f64, f64)>,
 }
@@ -77,6 +79,11 @@ impl Counts {
                 let name = object_name(&entry.path, "debugsessions").unwrap_or_default().to_string();
                 *counts.status_writes.entry(name).or_default() += 1;
             }
+            if verb == "patch" && resource == "pods/ephemeralcontainers" && entry.status == 200 {
+                for name in added_containers(&entry.body) {
+                    *counts.container_writes.entry(name).or_default() += 1;
+                }
+            }
             if verb == "get" && resource == "pods" {
                 let name = object_name(&entry.path, "pods").unwrap_or_default().to_string();
                 *counts.pod_gets.entry(name).or_default() += 1;
@@ -88,6 +95,11 @@ impl Counts {
             counts.took_ms.insert(kind, (median, p99));
         }
         counts
+    }
+
+    /// Containers that more than one accepted write added.
+    pub fn containers_written_twice(&self) -> usize {
+        self.container_writes.values().filter(|writes| **writes > 1).count()
     }
 
     pub fn get(&self, kind: &str) -> usize {
@@ -118,6 +130,13 @@ impl Counts {
         kinds.sort_by_key(|(k, v)| (k.starts_with("watch "), std::cmp::Reverse(**v)));
         kinds.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// The names of the containers a strategic merge patch of pods/ephemeralcontainers adds.
+fn added_containers(body: &str) -> Vec<String> {
+    let Ok(patch) = serde_json::from_str::<serde_json::Value>(body) else { return Vec::new() };
+    let containers = patch["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+    containers.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect()
 }
 
 /// The nearest-rank percentile.

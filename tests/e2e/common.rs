@@ -376,7 +376,7 @@ impl TestEnv {
         let name = ephemera::debug_container::default_name_candidates(uid)[0].clone();
         let container = ephemera::debug_container::build_ephemeral_container(session, &name, "app", 0);
         let shape = ephemera::ephemeral_api::ApiShape::PodSubresource;
-        ephemera::ephemeral_api::add_ephemeral_container(&self.client, shape, &target, &container).await.unwrap();
+        ephemera::ephemeral_api::add_ephemeral_containers(&self.client, shape, &target, &[container]).await.unwrap();
         name
     }
 

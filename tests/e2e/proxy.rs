@@ -141,7 +141,7 @@ struct PassThrough {
 }
 
 /// How much of a write's body the log keeps.
-const BODY_KEPT: usize = 16_000;
+const BODY_KEPT: usize = 1_000_000;
 
 async fn pass_through(State(proxy): State<PassThrough>, request: Request) -> Response {
     let Ok((request, index)) = proxy.log.start_request(request).await else {

@@ -96,12 +96,17 @@ async fn hot_pod() {
             r.method == http::Method::PATCH && r.path.split('?').next().unwrap_or_default().ends_with("/status")
         })
         .count();
-    // A session written more than once, with when each write went and what it was answered.
+    // Every write that carried each session's container, with when it went and what it was answered.
     let mut writes_by_session: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut largest_write = 0;
     for r in proxy.log().iter().filter(|r| r.method == http::Method::PATCH && r.path.contains("/ephemeralcontainers")) {
         let what = format!("at {} answered {:?} after {:?}", secs(r.at - began), r.status, r.took);
-        writes_by_session.entry(r.injects_for.clone().unwrap_or_else(|| "?".into())).or_default().push(what);
+        largest_write = largest_write.max(r.injects_for.len());
+        for session in &r.injects_for {
+            writes_by_session.entry(session.clone()).or_default().push(what.clone());
+        }
     }
+    let carried = writes_by_session.len();
     writes_by_session.retain(|_, writes| writes.len() > 1);
     // Its 50 sleeping containers ignore SIGTERM: without this a rerun waits for the namespace.
     let _ = env
@@ -109,7 +114,7 @@ async fn hot_pod() {
         .delete("hot-0", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
         .await;
     let line = format!(
-        "sessions={sessions} rival containers={rivals} (missing {rivals_missing}, altered {rivals_altered}) {} containers={} subresource writes={subresource_writes} (refused {refused}) busy-pod give-ups={} reconciles/session={:.1} status writes/session={:.1} all running after {} (every container in the pod after {})",
+        "sessions={sessions} rival containers={rivals} (missing {rivals_missing}, altered {rivals_altered}) {} containers={} subresource writes={subresource_writes} (refused {refused}; at most {largest_write} containers in one) busy-pod give-ups={} reconciles/session={:.1} status writes/session={:.1} all running after {} (every container in the pod after {})",
         census.figures(),
         census.containers,
         metric(&metrics, "ephemera_reconcile_errors_total{error=\"busy_pod\"}"),
@@ -124,13 +129,13 @@ async fn hot_pod() {
     assert_eq!((rivals_missing, rivals_altered), (0, 0), "{line}");
     assert!(rivals >= 10, "the rival kept writing while the sessions went in: {line}");
     assert_eq!(metric(&metrics, "ephemera_reconcile_errors_total{error=\"busy_pod\"}"), 0.0, "{line}");
-    // Exactly one write per container, by the operator's own count and by the proxy's.
+    // Every container in exactly one write, none refused; adds that waited
+    // for a write to the pod went out together. The operator counts what the proxy saw.
     let counted = metric(&metrics, "ephemera_api_requests_total{resource=\"pods/ephemeralcontainers\",verb=\"patch\"}");
-    assert_eq!(
-        (counted, subresource_writes),
-        (sessions as f64, sessions),
-        "{line}\nwritten more than once: {writes_by_session:#?}"
-    );
+    assert_eq!(counted, subresource_writes as f64, "{line}");
+    assert_eq!((carried, refused), (sessions, 0), "{line}");
+    assert!(writes_by_session.is_empty(), "{line}\nwritten more than once: {writes_by_session:#?}");
+    assert!(subresource_writes < sessions, "{line}");
     // Pending, Injected with the kubelet's first report, Running (one more for a kubelet
     // slower than the operator waits for): others' containers add none.
     assert!(status_writes <= 4 * sessions, "{line}");

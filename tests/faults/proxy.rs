@@ -39,8 +39,8 @@ pub struct Logged {
     pub status: Option<u16>,
     /// How long until that answer.
     pub took: Option<Duration>,
-    /// The session whose debug container a write to pods/ephemeralcontainers carries.
-    pub injects_for: Option<String>,
+    /// The sessions whose debug containers a write to pods/ephemeralcontainers carries.
+    pub injects_for: Vec<String>,
 }
 
 /// Where the proxy may stop the operator's work on one session.
@@ -176,21 +176,17 @@ impl HttpProxy {
     }
 }
 
-/// `namespace/name` of the session a write to pods/ephemeralcontainers is for (its marker).
-fn session_of_injection(body: &[u8]) -> Option<String> {
-    fn find(value: &serde_json::Value) -> Option<String> {
-        match value {
-            serde_json::Value::Object(map) => {
-                if map.get("name").and_then(|n| n.as_str()) == Some("EPHEMERA_SESSION") {
-                    return map.get("value").and_then(|v| v.as_str()).map(String::from);
-                }
-                map.values().find_map(find)
-            }
-            serde_json::Value::Array(items) => items.iter().find_map(find),
-            _ => None,
-        }
-    }
-    find(&serde_json::from_slice(body).ok()?)
+/// `namespace/name` of the sessions whose containers a write to
+/// pods/ephemeralcontainers adds (their markers), in the order it names them.
+fn sessions_of_injection(body: &[u8]) -> Vec<String> {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(body) else { return Vec::new() };
+    let containers = body["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+    let marker = |container: &serde_json::Value| {
+        container["env"].as_array()?.iter().find(|e| e["name"] == "EPHEMERA_SESSION")?["value"]
+            .as_str()
+            .map(String::from)
+    };
+    containers.iter().filter_map(marker).collect()
 }
 
 /// `namespace/name` of a status write's session.
@@ -235,7 +231,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             watch,
             status: None,
             took: None,
-            injects_for: None,
+            injects_for: Vec::new(),
         });
         log.len() - 1
     };
@@ -256,7 +252,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         let _ = shared.held.send((at, session.to_string()));
     };
     let held_here = if injection && point == Some(HoldPoint::BeforeInjection) {
-        session_of_injection(&body).map(|session| (HoldPoint::BeforeInjection, session))
+        sessions_of_injection(&body).first().map(|session| (HoldPoint::BeforeInjection, session.clone()))
     } else if write && point == Some(HoldPoint::StatusAfterInjection) {
         session_of_status_write(&path)
             .filter(|session| shared.hold.lock().unwrap().injected.contains(session))
@@ -271,7 +267,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             return unreachable_answer(&"held and dropped by the test");
         }
     }
-    let injected = if injection { session_of_injection(&body) } else { None };
+    let injected = if injection { sessions_of_injection(&body) } else { Vec::new() };
     shared.log.lock().unwrap()[index].injects_for = injected.clone();
     parts.headers.remove(http::header::HOST);
     parts.version = http::Version::default();
@@ -290,18 +286,18 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         parts.headers.remove(header);
     }
     if parts.status.is_success()
-        && let Some(session) = injected
+        && let Some(session) = injected.first()
     {
         match point {
             Some(HoldPoint::InjectionAnswer) => {
-                hold_here(HoldPoint::InjectionAnswer, &session);
+                hold_here(HoldPoint::InjectionAnswer, session);
                 let go_on = release.changed().await.is_ok() && release.borrow().1;
                 if !go_on {
                     return unreachable_answer(&"answer held and dropped by the test");
                 }
             }
             Some(HoldPoint::StatusAfterInjection) => {
-                shared.hold.lock().unwrap().injected.insert(session);
+                shared.hold.lock().unwrap().injected.extend(injected.iter().cloned());
             }
             _ => {}
         }
