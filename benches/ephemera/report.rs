@@ -204,6 +204,9 @@ const METHOD: &str = "\
 - A session's **status-write budget** is the normal path's three writes plus
   one for each waiting reason the kubelet reported for its container (as the
   bench's pod watch saw them); the cost table counts the sessions over it.
+- **Subresource writes per container** can be below 1: adds for a pod that
+  come while a write to it is under way share the next write. \"Containers
+  written twice\" counts the containers that more than one accepted write added.
 - Ratios are ephemera / floor. Latencies are in ms; p99 is the nearest rank.
 - **The machine is shared** (2 cores, other builds and tests on the same
   cluster): absolute times are noisy; ratios from one interleaved run much less so.
