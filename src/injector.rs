@@ -34,6 +34,8 @@ struct Waiting {
 /// a write to it is under way.
 type Queues = Arc<Mutex<HashMap<PodKey, Vec<Waiting>>>>;
 
+/// Cheap to clone: a clone shares the queues, so a pod's writer can run on its own.
+#[derive(Clone)]
 pub struct Injector {
     client: Client,
     metrics: Arc<Metrics>,
@@ -58,15 +60,16 @@ impl Injector {
         }
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting { container: container.clone(), answer };
+        let key = key_of(pod);
         let leads = {
             let mut queues = self.queues.lock().expect("injector lock");
-            match queues.get_mut(&key_of(pod)) {
+            match queues.get_mut(&key) {
                 Some(queue) => {
                     queue.push(waiting);
                     None
                 }
                 None => {
-                    queues.insert(key_of(pod), Vec::new());
+                    queues.insert(key.clone(), Vec::new());
                     Some(waiting)
                 }
             }
@@ -74,15 +77,15 @@ impl Injector {
         if let Some(first) = leads {
             // The first add is written at once; the writer then takes whatever
             // queued meanwhile. It runs on its own, so no reconcile waits for others'.
-            let writer =
-                Writer { client: self.client.clone(), metrics: self.metrics.clone(), queues: self.queues.clone() };
-            tokio::spawn(writer.write_all(shape, pod.clone(), first));
+            tokio::spawn(self.clone().write_all(shape, pod.clone(), key, first));
         }
         answered.await.unwrap_or_else(|_| Err(kube::Error::Service("the write to the pod was abandoned".into())))
     }
 
+    /// One write, counted.
     async fn write(&self, shape: ApiShape, pod: &Pod, containers: &[EphemeralContainer]) -> Answer {
-        write_once(&self.client, &self.metrics, shape, pod, containers).await
+        self.metrics.request("patch", "pods/ephemeralcontainers");
+        add_ephemeral_containers(&self.client, shape, pod, containers).await
     }
 
     /// Pods with a write under way (for the memory gauges).
@@ -93,29 +96,9 @@ impl Injector {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-async fn write_once(
-    client: &Client,
-    metrics: &Metrics,
-    shape: ApiShape,
-    pod: &Pod,
-    containers: &[EphemeralContainer],
-) -> Answer {
-    metrics.request("patch", "pods/ephemeralcontainers");
-    add_ephemeral_containers(client, shape, pod, containers).await
-}
-
-/// Writes one pod's adds until none are waiting.
-struct Writer {
-    client: Client,
-    metrics: Arc<Metrics>,
-    queues: Queues,
-}
-
-impl Writer {
-    async fn write_all(self, shape: ApiShape, pod: Pod, first: Waiting) {
-        let key = key_of(&pod);
+    /// Writes one pod's adds, `first` and then those that queued meanwhile, until none are waiting.
+    async fn write_all(self, shape: ApiShape, pod: Pod, key: PodKey, first: Waiting) {
         let mut unfinished = Unfinished { queues: self.queues.clone(), key: Some(key.clone()) };
         let mut batch = vec![first];
         loop {
@@ -134,7 +117,7 @@ impl Writer {
 
     async fn write_batch(&self, shape: ApiShape, pod: &Pod, batch: Vec<Waiting>) {
         let containers: Vec<EphemeralContainer> = batch.iter().map(|w| w.container.clone()).collect();
-        match write_once(&self.client, &self.metrics, shape, pod, &containers).await {
+        match self.write(shape, pod, &containers).await {
             Ok(written) => {
                 for waiting in batch {
                     let _ = waiting.answer.send(Ok(written.clone()));
@@ -146,7 +129,7 @@ impl Writer {
             Err(_) => {
                 for waiting in batch {
                     let alone = std::slice::from_ref(&waiting.container);
-                    let _ = waiting.answer.send(write_once(&self.client, &self.metrics, shape, pod, alone).await);
+                    let _ = waiting.answer.send(self.write(shape, pod, alone).await);
                 }
             }
         }

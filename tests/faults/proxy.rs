@@ -246,13 +246,14 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     };
     let write = method != http::Method::GET;
     let injection = write && path.ends_with("/ephemeralcontainers");
+    let injected = if injection { sessions_of_injection(&body) } else { Vec::new() };
     let mut release = shared.release.subscribe();
     let point = shared.hold.lock().unwrap().point;
     let hold_here = |at: HoldPoint, session: &str| {
         let _ = shared.held.send((at, session.to_string()));
     };
     let held_here = if injection && point == Some(HoldPoint::BeforeInjection) {
-        sessions_of_injection(&body).first().map(|session| (HoldPoint::BeforeInjection, session.clone()))
+        injected.first().map(|session| (HoldPoint::BeforeInjection, session.clone()))
     } else if write && point == Some(HoldPoint::StatusAfterInjection) {
         session_of_status_write(&path)
             .filter(|session| shared.hold.lock().unwrap().injected.contains(session))
@@ -267,7 +268,6 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             return unreachable_answer(&"held and dropped by the test");
         }
     }
-    let injected = if injection { sessions_of_injection(&body) } else { Vec::new() };
     shared.log.lock().unwrap()[index].injects_for = injected.clone();
     parts.headers.remove(http::header::HOST);
     parts.version = http::Version::default();
