@@ -1,9 +1,10 @@
-//! Adding debug containers to pods. A pod takes one write at a time: the API
-//! server applies writes to one object one after the other, so twenty adds
-//! sent at once wait there behind each other, each on a larger pod. Here the
-//! adds that come for a pod while a write to it is under way wait for it and
-//! then go out together, as one strategic merge patch that names them all
-//! (merged by name, as `kubectl debug`'s is). A lone add is sent at once.
+//! Adding debug containers to pods. The API server applies writes to one
+//! object one after the other, so twenty adds sent at once wait there behind
+//! each other, each on a larger pod. Here a pod takes two writes at once (the
+//! second is parsed, authorized and admitted while the first is applied, as
+//! two `kubectl debug`s would be); the adds that come while both are under
+//! way wait, and then go out together in the next, as one strategic merge
+//! patch that names them all (merged by name, as `kubectl debug`'s is).
 //!
 //! Every add is answered what the API server said to the write that carried
 //! it. When a shared write is refused, one container may be the cause, so
@@ -30,9 +31,19 @@ struct Waiting {
     answer: oneshot::Sender<Answer>,
 }
 
-/// Adds for pods with a write under way, by pod. A pod is here exactly while
-/// a write to it is under way.
-type Queues = Arc<Mutex<HashMap<PodKey, Vec<Waiting>>>>;
+/// Writes to one pod under way at once: a second one overlaps the first's
+/// round trip; a third would only wait at the API server behind them.
+const WRITES_AT_ONCE: usize = 2;
+
+#[derive(Default)]
+struct PodWrites {
+    under_way: usize,
+    /// Adds that came while `WRITES_AT_ONCE` writes were under way.
+    waiting: Vec<Waiting>,
+}
+
+/// Pods with a write under way. A pod is here exactly while a write to it is under way.
+type Queues = Arc<Mutex<HashMap<PodKey, PodWrites>>>;
 
 /// Cheap to clone: a clone shares the queues, so a pod's writer can run on its own.
 #[derive(Clone)]
@@ -63,20 +74,18 @@ impl Injector {
         let key = key_of(pod);
         let leads = {
             let mut queues = self.queues.lock().expect("injector lock");
-            match queues.get_mut(&key) {
-                Some(queue) => {
-                    queue.push(waiting);
-                    None
-                }
-                None => {
-                    queues.insert(key.clone(), Vec::new());
-                    Some(waiting)
-                }
+            let writes = queues.entry(key.clone()).or_default();
+            if writes.under_way < WRITES_AT_ONCE {
+                writes.under_way += 1;
+                Some(waiting)
+            } else {
+                writes.waiting.push(waiting);
+                None
             }
         };
         if let Some(first) = leads {
-            // The first add is written at once; the writer then takes whatever
-            // queued meanwhile. It runs on its own, so no reconcile waits for others'.
+            // Written at once; the writer then takes whatever queued meanwhile.
+            // It runs on its own, so no reconcile waits for others'.
             tokio::spawn(self.clone().write_all(shape, pod.clone(), key, first));
         }
         answered.await.unwrap_or_else(|_| Err(kube::Error::Service("the write to the pod was abandoned".into())))
@@ -104,14 +113,14 @@ impl Injector {
         loop {
             self.write_batch(shape, &pod, batch).await;
             let mut queues = self.queues.lock().expect("injector lock");
-            let waiting = queues.get_mut(&key).expect("a pod with a write under way is queued");
-            if waiting.is_empty() {
+            let writes = queues.get_mut(&key).expect("a pod with a write under way is queued");
+            if writes.waiting.is_empty() {
                 // In the same lock as the look: an add from now on writes itself.
-                queues.remove(&key);
                 unfinished.key = None;
+                finish_one(&mut queues, &key);
                 return;
             }
-            batch = std::mem::take(waiting);
+            batch = std::mem::take(&mut writes.waiting);
         }
     }
 
@@ -136,8 +145,19 @@ impl Injector {
     }
 }
 
-/// A writer that ends before its queue is empty (a panic) frees the pod:
-/// the adds still waiting are dropped, which tells them so, and the next add writes itself.
+/// One write to the pod is over; the last one frees the pod, and drops any
+/// adds still waiting (which tells them so).
+fn finish_one(queues: &mut HashMap<PodKey, PodWrites>, key: &PodKey) {
+    if let Some(writes) = queues.get_mut(key) {
+        writes.under_way -= 1;
+        if writes.under_way == 0 {
+            queues.remove(key);
+        }
+    }
+}
+
+/// A writer that ends before its queue is empty (a panic) still counts as
+/// over: the other writer, if any, takes the waiting adds, and the next add writes itself.
 struct Unfinished {
     queues: Queues,
     key: Option<PodKey>,
@@ -146,7 +166,7 @@ struct Unfinished {
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(key) = &self.key {
-            self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+            finish_one(&mut self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner), key);
         }
     }
 }
@@ -222,47 +242,56 @@ mod tests {
         injector.metrics.api_requests.with_label_values(&["patch", "pods/ephemeralcontainers"]).get()
     }
 
-    #[tokio::test]
-    async fn adds_that_come_during_a_write_go_out_together_in_the_next() {
-        let (injector, mut handle) = injector();
-        let first = add(&injector, "a");
-        let (sent, respond) = next_write(&mut handle).await;
-        assert_eq!(sent, ["a"], "a lone add is sent at once, alone");
-
-        let later: Vec<_> = ["b", "c", "d"].iter().map(|n| add(&injector, n)).collect();
-        // All three are queued before the first write is answered.
-        while injector.queues.lock().unwrap().values().map(Vec::len).sum::<usize>() < 3 {
+    /// Adds waiting for a write of their pod to end.
+    async fn until_waiting(injector: &Injector, count: usize) {
+        while injector.queues.lock().unwrap().values().map(|w| w.waiting.len()).sum::<usize>() < count {
             tokio::task::yield_now().await;
         }
-        accept(respond, &["a"]);
+    }
+
+    #[tokio::test]
+    async fn adds_that_come_during_two_writes_go_out_together_in_the_next() {
+        let (injector, mut handle) = injector();
+        let first = add(&injector, "a");
+        let (sent, respond_first) = next_write(&mut handle).await;
+        assert_eq!(sent, ["a"], "a lone add is sent at once, alone");
+        let second = add(&injector, "b");
+        let (sent, respond_second) = next_write(&mut handle).await;
+        assert_eq!(sent, ["b"], "a second add goes out beside the first write");
+
+        let later: Vec<_> = ["c", "d", "e"].iter().map(|n| add(&injector, n)).collect();
+        until_waiting(&injector, 3).await;
+        accept(respond_first, &["a"]);
         assert_eq!(names(first.await.unwrap()), ["a"]);
 
         let (sent, respond) = next_write(&mut handle).await;
-        assert_eq!(sent, ["b", "c", "d"], "one write for everything that waited");
-        accept(respond, &["a", "b", "c", "d"]);
+        assert_eq!(sent, ["c", "d", "e"], "one write for everything that waited");
+        accept(respond_second, &["a", "b"]);
+        assert_eq!(names(second.await.unwrap()), ["a", "b"]);
+        accept(respond, &["a", "b", "c", "d", "e"]);
         for answer in later {
-            assert_eq!(names(answer.await.unwrap()), ["a", "b", "c", "d"]);
+            assert_eq!(names(answer.await.unwrap()), ["a", "b", "c", "d", "e"]);
         }
-        assert_eq!(writes(&injector), 2, "each write counted once");
+        assert_eq!(writes(&injector), 3, "each write counted once");
         assert!(injector.is_empty(), "nothing under way: the next add writes itself");
 
-        let next = add(&injector, "e");
+        let next = add(&injector, "f");
         let (sent, respond) = next_write(&mut handle).await;
-        assert_eq!(sent, ["e"]);
-        accept(respond, &["a", "b", "c", "d", "e"]);
-        assert_eq!(names(next.await.unwrap()).len(), 5);
+        assert_eq!(sent, ["f"]);
+        accept(respond, &["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(names(next.await.unwrap()).len(), 6);
     }
 
     #[tokio::test]
     async fn a_refused_shared_write_is_tried_once_per_container_and_each_told_its_own_answer() {
         let (injector, mut handle) = injector();
         let first = add(&injector, "a");
-        let (_, respond) = next_write(&mut handle).await;
+        let (_, respond_first) = next_write(&mut handle).await;
+        let second = add(&injector, "b");
+        let (_, respond_second) = next_write(&mut handle).await;
         let (good, bad) = (add(&injector, "good"), add(&injector, "bad"));
-        while injector.queues.lock().unwrap().values().map(Vec::len).sum::<usize>() < 2 {
-            tokio::task::yield_now().await;
-        }
-        refuse(respond, "a refused alone");
+        until_waiting(&injector, 2).await;
+        refuse(respond_first, "a refused alone");
         assert!(matches!(first.await.unwrap(), Err(kube::Error::Api(s)) if s.message == "a refused alone"));
 
         let (sent, respond) = next_write(&mut handle).await;
@@ -270,14 +299,16 @@ mod tests {
         refuse(respond, "bad is invalid");
         let (sent, respond) = next_write(&mut handle).await;
         assert_eq!(sent, ["good"], "each alone, in order");
-        accept(respond, &["good"]);
+        accept(respond, &["b", "good"]);
         let (sent, respond) = next_write(&mut handle).await;
         assert_eq!(sent, ["bad"]);
         refuse(respond, "bad is invalid");
+        accept(respond_second, &["b"]);
 
-        assert_eq!(names(good.await.unwrap()), ["good"]);
+        assert_eq!(names(good.await.unwrap()), ["b", "good"]);
         assert!(matches!(bad.await.unwrap(), Err(kube::Error::Api(s)) if s.message == "bad is invalid"));
-        assert_eq!(writes(&injector), 4);
+        assert_eq!(names(second.await.unwrap()), ["b"]);
+        assert_eq!(writes(&injector), 5);
         assert!(injector.is_empty());
     }
 
@@ -286,20 +317,25 @@ mod tests {
         let (injector, mut handle) = injector();
         let first = add(&injector, "a");
         let (_, respond) = next_write(&mut handle).await;
-        // The same name, created again: another pod, with a write of its own.
+        let second = add(&injector, "b");
+        let (_, respond_second) = next_write(&mut handle).await;
+        // The same name, created again: another pod, with a write of its own
+        // while the first pod takes no more.
         let mut again = pod();
         again.metadata.uid = Some("uid-2".into());
         let other = {
             let injector = injector.clone();
-            tokio::spawn(async move { injector.add(ApiShape::PodSubresource, &again, &container("b")).await })
+            tokio::spawn(async move { injector.add(ApiShape::PodSubresource, &again, &container("c")).await })
         };
         let (request, respond_other) = handle.next_request().await.expect("a write of its own, not queued");
         let body: serde_json::Value =
             serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
         assert_eq!(body["metadata"]["uid"], "uid-2");
-        accept(respond_other, &["b"]);
+        accept(respond_other, &["c"]);
         accept(respond, &["a"]);
-        assert_eq!(names(other.await.unwrap()), ["b"]);
+        accept(respond_second, &["a", "b"]);
+        assert_eq!(names(other.await.unwrap()), ["c"]);
         assert_eq!(names(first.await.unwrap()), ["a"]);
+        assert_eq!(names(second.await.unwrap()), ["a", "b"]);
     }
 }

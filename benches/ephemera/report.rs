@@ -205,7 +205,7 @@ const METHOD: &str = "\
   one for each waiting reason the kubelet reported for its container (as the
   bench's pod watch saw them); the cost table counts the sessions over it.
 - **Subresource writes per container** can be below 1: adds for a pod that
-  come while a write to it is under way share the next write. \"Containers
+  come while two writes to it are under way share the next write. \"Containers
   written twice\" counts the containers that more than one accepted write added.
 - Ratios are ephemera / floor. Latencies are in ms; p99 is the nearest rank.
 - **The machine is shared** (2 cores, other builds and tests on the same
