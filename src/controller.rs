@@ -445,7 +445,7 @@ pub async fn run(
     health: Arc<Health>,
     policy: Policy,
 ) {
-    let (sessions, pods): (Api<GuardedSession>, Api<PartialObjectMeta<Pod>>) = match &namespace {
+    let (sessions, pods): (Api<GuardedSession>, Api<Pod>) = match &namespace {
         Some(ns) => (Api::namespaced(watch_client.clone(), ns), Api::namespaced(watch_client.clone(), ns)),
         None => (Api::all(watch_client.clone()), Api::all(watch_client)),
     };
@@ -506,10 +506,10 @@ pub async fn run(
             })
             .filter_map(only_objects)
     };
-    // Pod metadata only, and no cache of it: a pod event is mapped to the
-    // sessions that still care about the pod, then dropped. The watch starts
-    // from the pods' version as of now, taken before any reconcile reads a
-    // pod, so that no change after those reads is missed.
+    // No cache of pods: a pod event is mapped to the sessions that still care
+    // about the pod, and the pod kept for them if it is (see PodReader), then
+    // dropped. The watch starts from the pods' version as of now, taken before
+    // any reconcile reads a pod, so that no change after those reads is missed.
     let mut retries = WatchBackoff::default();
     let pods_from = loop {
         match pod_watch::current_version(&pods).await {
@@ -533,6 +533,12 @@ pub async fn run(
                     resync_ctx.pods.forget_all();
                     let _ = resync.send(());
                 }
+                Ok(watcher::Event::Apply(pod)) => resync_ctx.pods.watched(pod),
+                Ok(watcher::Event::Delete(pod)) => {
+                    if let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                        resync_ctx.pods.deleted(namespace, name);
+                    }
+                }
                 Err(error) => errors.report("pods", error),
                 Ok(_) => {}
             })
@@ -555,7 +561,7 @@ pub async fn run(
     Controller::for_stream(session_events, reader)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(listening_sessions)
-        .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
+        .watches_stream(pod_events, move |pod: Pod| {
             let meta = &pod.metadata;
             let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
                 return Vec::new();

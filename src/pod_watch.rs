@@ -1,50 +1,55 @@
 //! Pod changes from now on. Pod events only wake the sessions that care about
 //! a pod, and every session reads its own pod when it is reconciled, so the
 //! pods that exist when the operator starts are of no use to it. kube's
-//! watcher would list them all first (10,000 pods' metadata on a start or a
-//! failover, and on every relist); this watch lists none. It takes the pods'
-//! current resourceVersion from a list of one item and watches from there.
+//! watcher would list them all first (10,000 pods on a start or a failover,
+//! and on every relist); this watch lists none. It takes the pods' current
+//! resourceVersion from a list of one item and watches from there.
 //!
 //! When the API server no longer has that history (410 Expired), the changes
 //! since are unknown: the watch takes the current version again and yields
 //! `InitDone`, and the caller wakes every session that listens to pods.
 
+use std::fmt::Debug;
+
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PartialObjectMeta, WatchEvent, WatchParams};
+use kube::Resource;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event};
+use serde::de::DeserializeOwned;
 
-pub type PodMeta = PartialObjectMeta<Pod>;
+/// What the watch can carry: whole pods, or their metadata only.
+pub trait Watched: Resource + Clone + DeserializeOwned + Debug + Send + 'static {}
+impl<K: Resource + Clone + DeserializeOwned + Debug + Send + 'static> Watched for K {}
 
 /// The pods' resourceVersion as of now: a watch from it misses no later change.
 /// A consistent read (no resourceVersion), so that it is not older than what a
 /// reconcile reads after it.
-pub async fn current_version(api: &Api<PodMeta>) -> Result<String, kube::Error> {
+pub async fn current_version<K: Watched>(api: &Api<K>) -> Result<String, kube::Error> {
     let list = api.list(&ListParams::default().limit(1)).await?;
     // Without one the watch could not start; the server always sends it.
     Ok(list.metadata.resource_version.unwrap_or_default())
 }
 
-enum State {
+enum State<K> {
     /// The server forgot the version the watch was at: take the current one.
     Expired,
     /// Watch (again) from this version.
     From(String),
     Watching {
         version: String,
-        events: BoxStream<'static, kube::Result<WatchEvent<PodMeta>>>,
+        events: BoxStream<'static, kube::Result<WatchEvent<K>>>,
     },
 }
 
 /// The changes of pods after `version`: `Apply` or `Delete` for each, and
 /// `InitDone` when the watch had to start again from the current version.
 /// Errors are yielded and the next poll retries (the caller backs off).
-pub fn changes_since(
-    api: Api<PodMeta>,
+pub fn changes_since<K: Watched>(
+    api: Api<K>,
     version: String,
     timeout_seconds: u32,
-) -> impl Stream<Item = Result<Event<PodMeta>, watcher::Error>> + Send {
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send {
     let params = WatchParams::default().timeout(timeout_seconds);
     futures::stream::unfold(State::From(version), move |state| {
         let (api, params) = (api.clone(), params.clone());
@@ -56,11 +61,11 @@ fn expired(status: &kube::core::Status) -> bool {
     status.code == 410
 }
 
-async fn next(
-    api: &Api<PodMeta>,
+async fn next<K: Watched>(
+    api: &Api<K>,
     params: &WatchParams,
-    mut state: State,
-) -> (Result<Event<PodMeta>, watcher::Error>, State) {
+    mut state: State<K>,
+) -> (Result<Event<K>, watcher::Error>, State<K>) {
     loop {
         state = match state {
             State::Expired => {
@@ -78,11 +83,11 @@ async fn next(
             },
             State::Watching { version, mut events } => match events.next().await {
                 Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => {
-                    let version = pod.metadata.resource_version.clone().unwrap_or(version);
+                    let version = pod.meta().resource_version.clone().unwrap_or(version);
                     return (Ok(Event::Apply(pod)), State::Watching { version, events });
                 }
                 Some(Ok(WatchEvent::Deleted(pod))) => {
-                    let version = pod.metadata.resource_version.clone().unwrap_or(version);
+                    let version = pod.meta().resource_version.clone().unwrap_or(version);
                     return (Ok(Event::Delete(pod)), State::Watching { version, events });
                 }
                 Some(Ok(WatchEvent::Bookmark(bookmark))) => {
@@ -107,10 +112,14 @@ mod tests {
     use std::time::Duration;
 
     use http::{Request, Response};
+    use k8s_openapi::api::core::v1::Pod;
     use kube::Client;
+    use kube::api::PartialObjectMeta;
     use kube::client::Body;
 
     use super::*;
+
+    type PodMeta = PartialObjectMeta<Pod>;
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

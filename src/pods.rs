@@ -1,11 +1,11 @@
-//! Reading target pods: at most one GET per change of a pod, whatever the
-//! number of sessions that look at it. The pod metadata watch says which
-//! resourceVersion each pod of interest is at; a pod read at that version is
-//! shared by every reconcile until the pod changes again. Only pods that
-//! unfinished sessions target are kept, so memory does not grow with the
-//! cluster's pods. A pod whose version nobody watches (one that only finished
-//! sessions target, when they are checked after a restart) is shared for a
-//! second after each read, then dropped.
+//! Reading target pods: a GET only for a pod not yet kept, whatever the
+//! number of sessions that look at it. The pod watch says which
+//! resourceVersion each pod of interest is at, and brings the pod at that
+//! version: it replaces the kept copy, which every reconcile shares until the
+//! pod changes again. Only pods that unfinished sessions target are kept, so
+//! memory does not grow with the cluster's pods. A pod whose version nobody
+//! watches (one that only finished sessions target, when they are checked
+//! after a restart) is shared for a second after each read, then dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -69,6 +69,35 @@ impl PodReader {
             Some(rv) => seen.insert(key(namespace, name), rv.to_string()),
             None => seen.remove(&key(namespace, name)),
         };
+    }
+
+    /// The watch brought `pod`: where a copy of it is kept, this newer one
+    /// replaces it, so the reads that the change wakes need no GET. Not while a
+    /// read of it is under way (that read keeps what it got), and never over a
+    /// copy that a write of ours returned and this one is older than.
+    pub fn watched(&self, pod: &Pod) {
+        let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
+            return;
+        };
+        let Some(slot) = self.slots.lock().expect("pod reader lock").get(&key(namespace, name)).cloned() else {
+            return;
+        };
+        let Ok(mut cached) = slot.try_lock() else { return };
+        if cached.pod.as_deref().is_some_and(|kept| is_older(pod, kept)) {
+            return;
+        }
+        // read_at stays: it times the sharing of a copy nobody watches, and its drop.
+        cached.pod = Some(Arc::new(without_managed_fields(pod.clone())));
+    }
+
+    /// The watch saw the pod deleted: no copy of it serves a read any more.
+    pub fn deleted(&self, namespace: &str, name: &str) {
+        let slot = self.slots.lock().expect("pod reader lock").get(&key(namespace, name)).cloned();
+        if let Some(slot) = slot
+            && let Ok(mut cached) = slot.try_lock()
+        {
+            cached.pod = None;
+        }
     }
 
     /// No unfinished session cares about the pod any more.
@@ -222,6 +251,47 @@ mod tests {
         drop(api);
         drop(reader);
         assert_eq!(served.await.unwrap(), 3, "five reads at version 1 cost one request");
+    }
+
+    #[tokio::test]
+    async fn the_watch_brings_the_pod_it_reports_and_a_deleted_pod_is_read_again() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Pod> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
+        let served = tokio::spawn(async move {
+            let mut count = 0;
+            while let Some((_, send)) = handle.next_request().await {
+                count += 1;
+                let answer = match count {
+                    1 => Response::builder().body(Body::from(serde_json::to_vec(&pod("1")).unwrap())),
+                    _ => Response::builder().status(404).body(Body::from(
+                        serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "NotFound", "code": 404, "message": "pods \"web\" not found" })
+                        .to_string()
+                        .into_bytes(),
+                    )),
+                };
+                send.send_response(answer.unwrap());
+            }
+            count
+        });
+        let reader = PodReader::default();
+        let metrics = Metrics::new();
+        let read = async || reader.read(&api, "ns", "web", &metrics, false).await.unwrap();
+        // A pod the watch brings before anyone read it is not kept.
+        reader.watched(&pod("0"));
+        assert!(reader.is_empty());
+        reader.saw("ns", "web", Some("1"));
+        assert_eq!(read().await.unwrap().metadata.resource_version.as_deref(), Some("1"), "the first read asks");
+        for rv in ["2", "3"] {
+            reader.watched(&pod(rv));
+            reader.saw("ns", "web", Some(rv));
+            assert_eq!(read().await.unwrap().metadata.resource_version.as_deref(), Some(rv), "from the watch");
+        }
+        reader.deleted("ns", "web");
+        reader.saw("ns", "web", Some("4"));
+        assert!(read().await.is_none(), "asked again: the pod is gone");
+        drop(api);
+        assert_eq!(served.await.unwrap(), 2, "a read when first kept, and one after the deletion");
     }
 
     fn with_containers(rv: &str, names: &[&str]) -> Pod {
