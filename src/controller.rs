@@ -1116,7 +1116,7 @@ fn count_transition(ctx: &Context, old: &DebugSessionStatus, new: &DebugSessionS
 
 /// Queues the events of a transition: they tell the story, but must not slow down the next write.
 fn publish_events(ctx: &Context, session: &DebugSession, old: &DebugSessionStatus, new: &DebugSessionStatus) {
-    let events = status::transitions(old, new)
+    let events = status::transitions(session.spec.target.selector.is_some(), old, new)
         .into_iter()
         .map(|transition| Event {
             type_: if transition.warning { EventType::Warning } else { EventType::Normal },

@@ -1082,10 +1082,11 @@ pub struct Transition {
     pub note: String,
 }
 
-/// The events that tell the story of going from `old` to `new`.
-pub fn transitions(old: &DebugSessionStatus, new: &DebugSessionStatus) -> Vec<Transition> {
+/// The events that tell the story of going from `old` to `new`. Which pod a
+/// selector chose is news; a pod the spec names is not (`Injected` names it).
+pub fn transitions(chosen_by_selector: bool, old: &DebugSessionStatus, new: &DebugSessionStatus) -> Vec<Transition> {
     let mut events = Vec::new();
-    if new.pod_uid.is_some() && old.pod_uid != new.pod_uid {
+    if chosen_by_selector && new.pod_uid.is_some() && old.pod_uid != new.pod_uid {
         events.push(Transition {
             warning: false,
             reason: "TargetSelected".into(),

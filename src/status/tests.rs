@@ -660,11 +660,18 @@ fn transitions_tell_the_story() {
         ..Default::default()
     };
     let reasons = |old: &DebugSessionStatus, new: &DebugSessionStatus| {
-        transitions(old, new).into_iter().map(|t| (t.reason, t.warning)).collect::<Vec<_>>()
+        transitions(false, old, new).into_iter().map(|t| (t.reason, t.warning)).collect::<Vec<_>>()
     };
+    let selected = transitions(true, &DebugSessionStatus::default(), &injected_status);
+    assert_eq!(
+        selected.into_iter().map(|t| t.reason).collect::<Vec<_>>(),
+        ["TargetSelected", "Injected"],
+        "a selector's choice is news"
+    );
     assert_eq!(
         reasons(&DebugSessionStatus::default(), &injected_status),
-        vec![("TargetSelected".to_string(), false), ("Injected".to_string(), false)]
+        vec![("Injected".to_string(), false)],
+        "a pod the spec names is not announced again"
     );
     assert_eq!(reasons(&injected_status, &running_status), vec![("Running".to_string(), false)]);
     assert_eq!(reasons(&running_status, &running_status), vec![]);
