@@ -71,23 +71,30 @@ impl PodReader {
         };
     }
 
-    /// The watch brought `pod`: where a copy of it is kept, this newer one
-    /// replaces it, so the reads that the change wakes need no GET. Not while a
-    /// read of it is under way (that read keeps what it got), and never over a
-    /// copy that a write of ours returned and this one is older than.
+    /// The watch brought `pod`: where the kept copy is the version the watch
+    /// reported before, this next one replaces it, so the reads that the change
+    /// wakes need no GET. A copy that a GET or a write of ours returned may be
+    /// ahead of the watch, and is not set back: the reads ask again until the
+    /// watch has caught up with it. Nothing changes while a read of the pod is
+    /// under way (that read keeps what it got).
     pub fn watched(&self, pod: &Pod) {
         let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
             return;
         };
-        let Some(slot) = self.slots.lock().expect("pod reader lock").get(&key(namespace, name)).cloned() else {
+        let key = key(namespace, name);
+        let Some(slot) = self.slots.lock().expect("pod reader lock").get(&key).cloned() else {
             return;
         };
         let Ok(mut cached) = slot.try_lock() else { return };
-        if cached.pod.as_deref().is_some_and(|kept| is_older(pod, kept)) {
-            return;
+        let reported = self.seen.lock().expect("pod reader lock").get(&key).cloned();
+        let follows_the_watch = match &cached.pod {
+            None => true,
+            Some(kept) => reported.is_some() && kept.metadata.resource_version == reported,
+        };
+        if follows_the_watch {
+            // read_at stays: it times the sharing of a copy nobody watches, and its drop.
+            cached.pod = Some(Arc::new(without_managed_fields(pod.clone())));
         }
-        // read_at stays: it times the sharing of a copy nobody watches, and its drop.
-        cached.pod = Some(Arc::new(without_managed_fields(pod.clone())));
     }
 
     /// The watch saw the pod deleted: no copy of it serves a read any more.
@@ -262,13 +269,13 @@ mod tests {
             while let Some((_, send)) = handle.next_request().await {
                 count += 1;
                 let answer = match count {
-                    1 => Response::builder().body(Body::from(serde_json::to_vec(&pod("1")).unwrap())),
-                    _ => Response::builder().status(404).body(Body::from(
+                    2 => Response::builder().status(404).body(Body::from(
                         serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
                             "reason": "NotFound", "code": 404, "message": "pods \"web\" not found" })
                         .to_string()
                         .into_bytes(),
                     )),
+                    n => Response::builder().body(Body::from(serde_json::to_vec(&pod(["1", "", "9"][n - 1])).unwrap())),
                 };
                 send.send_response(answer.unwrap());
             }
@@ -290,8 +297,14 @@ mod tests {
         reader.deleted("ns", "web");
         reader.saw("ns", "web", Some("4"));
         assert!(read().await.is_none(), "asked again: the pod is gone");
+        // A write of ours answered version 9 while the watch was still at 4: the
+        // watch's 8 does not set the copy back, and the read asks again.
+        reader.wrote(pod("9")).await;
+        reader.watched(&pod("8"));
+        reader.saw("ns", "web", Some("8"));
+        assert_eq!(read().await.unwrap().metadata.resource_version.as_deref(), Some("9"));
         drop(api);
-        assert_eq!(served.await.unwrap(), 2, "a read when first kept, and one after the deletion");
+        assert_eq!(served.await.unwrap(), 3, "a read when first kept, one after the deletion, one behind a write");
     }
 
     fn with_containers(rv: &str, names: &[&str]) -> Pod {
