@@ -534,11 +534,7 @@ pub async fn run(
                     let _ = resync.send(());
                 }
                 Ok(watcher::Event::Apply(pod)) => resync_ctx.pods.watched(pod),
-                Ok(watcher::Event::Delete(pod)) => {
-                    if let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
-                        resync_ctx.pods.deleted(namespace, name);
-                    }
-                }
+                Ok(watcher::Event::Delete(pod)) => resync_ctx.pods.deleted(pod),
                 Err(error) => errors.report("pods", error),
                 Ok(_) => {}
             })

@@ -9,47 +9,40 @@
 //! since are unknown: the watch takes the current version again and yields
 //! `InitDone`, and the caller wakes every session that listens to pods.
 
-use std::fmt::Debug;
-
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use kube::Resource;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event};
-use serde::de::DeserializeOwned;
-
-/// What the watch can carry: whole pods, or their metadata only.
-pub trait Watched: Resource + Clone + DeserializeOwned + Debug + Send + 'static {}
-impl<K: Resource + Clone + DeserializeOwned + Debug + Send + 'static> Watched for K {}
 
 /// The pods' resourceVersion as of now: a watch from it misses no later change.
 /// A consistent read (no resourceVersion), so that it is not older than what a
 /// reconcile reads after it.
-pub async fn current_version<K: Watched>(api: &Api<K>) -> Result<String, kube::Error> {
+pub async fn current_version(api: &Api<Pod>) -> Result<String, kube::Error> {
     let list = api.list(&ListParams::default().limit(1)).await?;
     // Without one the watch could not start; the server always sends it.
     Ok(list.metadata.resource_version.unwrap_or_default())
 }
 
-enum State<K> {
+enum State {
     /// The server forgot the version the watch was at: take the current one.
     Expired,
     /// Watch (again) from this version.
     From(String),
     Watching {
         version: String,
-        events: BoxStream<'static, kube::Result<WatchEvent<K>>>,
+        events: BoxStream<'static, kube::Result<WatchEvent<Pod>>>,
     },
 }
 
 /// The changes of pods after `version`: `Apply` or `Delete` for each, and
 /// `InitDone` when the watch had to start again from the current version.
 /// Errors are yielded and the next poll retries (the caller backs off).
-pub fn changes_since<K: Watched>(
-    api: Api<K>,
+pub fn changes_since(
+    api: Api<Pod>,
     version: String,
     timeout_seconds: u32,
-) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send {
+) -> impl Stream<Item = Result<Event<Pod>, watcher::Error>> + Send {
     let params = WatchParams::default().timeout(timeout_seconds);
     futures::stream::unfold(State::From(version), move |state| {
         let (api, params) = (api.clone(), params.clone());
@@ -61,11 +54,7 @@ fn expired(status: &kube::core::Status) -> bool {
     status.code == 410
 }
 
-async fn next<K: Watched>(
-    api: &Api<K>,
-    params: &WatchParams,
-    mut state: State<K>,
-) -> (Result<Event<K>, watcher::Error>, State<K>) {
+async fn next(api: &Api<Pod>, params: &WatchParams, mut state: State) -> (Result<Event<Pod>, watcher::Error>, State) {
     loop {
         state = match state {
             State::Expired => {
@@ -83,11 +72,11 @@ async fn next<K: Watched>(
             },
             State::Watching { version, mut events } => match events.next().await {
                 Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => {
-                    let version = pod.meta().resource_version.clone().unwrap_or(version);
+                    let version = pod.metadata.resource_version.clone().unwrap_or(version);
                     return (Ok(Event::Apply(pod)), State::Watching { version, events });
                 }
                 Some(Ok(WatchEvent::Deleted(pod))) => {
-                    let version = pod.meta().resource_version.clone().unwrap_or(version);
+                    let version = pod.metadata.resource_version.clone().unwrap_or(version);
                     return (Ok(Event::Delete(pod)), State::Watching { version, events });
                 }
                 Some(Ok(WatchEvent::Bookmark(bookmark))) => {
@@ -112,18 +101,14 @@ mod tests {
     use std::time::Duration;
 
     use http::{Request, Response};
-    use k8s_openapi::api::core::v1::Pod;
     use kube::Client;
-    use kube::api::PartialObjectMeta;
     use kube::client::Body;
 
     use super::*;
 
-    type PodMeta = PartialObjectMeta<Pod>;
-
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-    fn pods(handle_client: Client) -> Api<PodMeta> {
+    fn pods(handle_client: Client) -> Api<Pod> {
         Api::all(handle_client)
     }
 
@@ -135,8 +120,8 @@ mod tests {
         serde_json::json!({
             "type": kind,
             "object": {
-                "apiVersion": "meta.k8s.io/v1",
-                "kind": "PartialObjectMetadata",
+                "apiVersion": "v1",
+                "kind": "Pod",
                 "metadata": { "name": name, "namespace": "ns", "resourceVersion": version },
             },
         })
@@ -146,7 +131,7 @@ mod tests {
     fn bookmark_line(version: &str) -> String {
         serde_json::json!({
             "type": "BOOKMARK",
-            "object": { "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": { "resourceVersion": version } },
+            "object": { "kind": "Pod", "apiVersion": "v1", "metadata": { "resourceVersion": version } },
         })
         .to_string()
     }
@@ -170,7 +155,7 @@ mod tests {
         send.send_response(Response::builder().status(200).body(Body::from(body.into_bytes())).unwrap());
     }
 
-    fn name(event: Result<Event<PodMeta>, watcher::Error>) -> String {
+    fn name(event: Result<Event<Pod>, watcher::Error>) -> String {
         match event {
             Ok(Event::Apply(pod)) => format!("apply {}", pod.metadata.name.unwrap_or_default()),
             Ok(Event::Delete(pod)) => format!("delete {}", pod.metadata.name.unwrap_or_default()),
@@ -216,7 +201,7 @@ mod tests {
             assert!(!query.contains("watch=true") && query.contains("limit=1"), "{query}");
             assert!(!query.contains("resourceVersion="), "a consistent read: {query}");
             let list = serde_json::json!({
-                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "apiVersion": "v1", "kind": "PodList",
                 "metadata": { "resourceVersion": "500", "continue": "more" },
                 "items": [{ "metadata": { "name": "x", "namespace": "ns", "resourceVersion": "7" } }],
             });

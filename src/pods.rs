@@ -61,6 +61,10 @@ fn key(namespace: &str, name: &str) -> Key {
     (namespace.to_string(), name.to_string())
 }
 
+fn key_of(pod: &Pod) -> Option<Key> {
+    Some(key(pod.metadata.namespace.as_deref()?, pod.metadata.name.as_deref()?))
+}
+
 impl PodReader {
     /// The watch reported `namespace/name` at `resource_version`, and sessions care about it.
     pub fn saw(&self, namespace: &str, name: &str, resource_version: Option<&str>) {
@@ -78,10 +82,7 @@ impl PodReader {
     /// watch has caught up with it. Nothing changes while a read of the pod is
     /// under way (that read keeps what it got).
     pub fn watched(&self, pod: &Pod) {
-        let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
-            return;
-        };
-        let key = key(namespace, name);
+        let Some(key) = key_of(pod) else { return };
         let Some(slot) = self.slots.lock().expect("pod reader lock").get(&key).cloned() else {
             return;
         };
@@ -98,8 +99,9 @@ impl PodReader {
     }
 
     /// The watch saw the pod deleted: no copy of it serves a read any more.
-    pub fn deleted(&self, namespace: &str, name: &str) {
-        let slot = self.slots.lock().expect("pod reader lock").get(&key(namespace, name)).cloned();
+    pub fn deleted(&self, pod: &Pod) {
+        let Some(key) = key_of(pod) else { return };
+        let slot = self.slots.lock().expect("pod reader lock").get(&key).cloned();
         if let Some(slot) = slot
             && let Ok(mut cached) = slot.try_lock()
         {
@@ -187,10 +189,7 @@ impl PodReader {
     /// the write answered it, without managedFields.
     pub async fn wrote(&self, pod: Pod) -> Pod {
         let pod = without_managed_fields(pod);
-        let (Some(namespace), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
-            return pod;
-        };
-        let key = key(namespace, name);
+        let Some(key) = key_of(&pod) else { return pod };
         let slot = self.slot(&key);
         let mut cached = slot.lock().await;
         if !cached.pod.as_deref().is_some_and(|kept| is_older(&pod, kept)) {
@@ -294,7 +293,7 @@ mod tests {
             reader.saw("ns", "web", Some(rv));
             assert_eq!(read().await.unwrap().metadata.resource_version.as_deref(), Some(rv), "from the watch");
         }
-        reader.deleted("ns", "web");
+        reader.deleted(&pod("4"));
         reader.saw("ns", "web", Some("4"));
         assert!(read().await.is_none(), "asked again: the pod is gone");
         // A write of ours answered version 9 while the watch was still at 4: the
