@@ -526,6 +526,8 @@ pub async fn run(
     let pod_events = {
         let (resync_ctx, errors) = (ctx.clone(), errors.clone());
         backed_off(pod_watch::changes_since(pods, pods_from, WATCH_TIMEOUT_SECONDS))
+            // A kept copy needs no record of who wrote which field, and it is copied for every change.
+            .modify(|pod| pod.managed_fields_mut().clear())
             .inspect(move |event| match event {
                 // The pod watch's history expired: what changed meanwhile is unknown,
                 // so no copy of a pod is trusted and every listening session looks again.
