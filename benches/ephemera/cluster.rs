@@ -232,9 +232,8 @@ impl OperatorProcess {
         }
     }
 
-    /// (resident, peak) memory in MiB.
-    pub fn memory_mib(&self) -> (f64, f64) {
-        memory_mib(self.pid())
+    pub fn memory(&self) -> Memory {
+        memory(self.pid())
     }
 
     /// Established TCP connections of the process to `port`.
@@ -308,18 +307,28 @@ impl MetricSet {
     }
 }
 
-/// (resident, peak) memory of a process in MiB, from /proc.
-pub fn memory_mib(pid: u32) -> (f64, f64) {
+/// A process's memory in MiB, from /proc.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Memory {
+    pub resident: f64,
+    /// The most it was resident at any time (VmHWM).
+    pub peak: f64,
+    /// Of `resident`, the pages of mapped files: the binary's code and data, and the libraries'.
+    pub mapped_files: f64,
+}
+
+pub fn memory(pid: u32) -> Memory {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
+    let mib = |key: &str| {
         status
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
+            / 1024.0
     };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    Memory { resident: mib("VmRSS:"), peak: mib("VmHWM:"), mapped_files: mib("RssFile:") }
 }
 
 /// Established TCP connections of process `pid` to remote `port`: the

@@ -394,11 +394,12 @@ fn per_pod_table(per_pod: &PerPod) -> String {
 fn figure_row(label: &str, f: &OperatorFigures) -> String {
     let secs = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} s"));
     format!(
-        "| {label} | {} | {} | {:.1} MiB | {:.1} MiB | {} | {} | {} |\n",
+        "| {label} | {} | {} | {:.1} MiB ({:.1}) | {:.1} MiB | {} | {} | {} |\n",
         secs(f.ready_s),
         secs(f.reconciled_s),
-        f.rss_mib,
-        f.peak_mib,
+        f.memory.resident,
+        f.memory.mapped_files,
+        f.memory.peak,
         f.connections_max,
         f.connections_quiet,
         describe_metrics(&f.metrics),
@@ -439,7 +440,7 @@ fn scale_tables(scale: &ScaleResult) -> String {
         scale.all_finished_s,
         scale.finished,
     );
-    out += "| operator | to /readyz | to all reconciled | RSS once quiet | peak RSS | API connections, most | once quiet | reconciler requests |\n";
+    out += "| operator | to /readyz | to all reconciled | RSS once quiet (of it, mapped files: code) | peak RSS | API connections, most | once quiet | reconciler requests |\n";
     out += "|---|---|---|---|---|---|---|---|\n";
     out += &figure_row("served them all (before a restart)", &scale.serving);
     out += &figure_row("after a restart", &scale.restarted);

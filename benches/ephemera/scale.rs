@@ -31,9 +31,8 @@ pub struct OperatorFigures {
     pub ready_s: Option<f64>,
     /// From the spawn until it had reconciled as many times as there are sessions.
     pub reconciled_s: Option<f64>,
-    /// Resident memory once quiet, and the peak (VmHWM).
-    pub rss_mib: f64,
-    pub peak_mib: f64,
+    /// Resident memory once quiet, and the peak.
+    pub memory: crate::cluster::Memory,
     /// Established connections to the API server: the most seen (sampled every 50 ms), and once quiet.
     pub connections_max: usize,
     pub connections_quiet: usize,
@@ -138,12 +137,10 @@ async fn figures(
     reconciled_s: Option<f64>,
 ) -> OperatorFigures {
     tokio::time::sleep(settle).await;
-    let (rss_mib, peak_mib) = operator.memory_mib();
     OperatorFigures {
         ready_s,
         reconciled_s,
-        rss_mib,
-        peak_mib,
+        memory: operator.memory(),
         connections_quiet: operator.connections_to(api_port),
         connections_max: sampler.most().await,
         metrics: operator.metrics().await.since(before),
@@ -180,13 +177,13 @@ async fn pod_cache_cost(pods: Api<Pod>) -> (f64, usize, f64) {
         Ok(list) => serde_json::to_vec(&list.items).map_or(0, |b| b.len()) as f64 / (1024.0 * 1024.0),
         Err(_) => 0.0,
     };
-    let before = crate::cluster::memory_mib(std::process::id()).0;
+    let before = crate::cluster::memory(std::process::id()).resident;
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(pods, watcher::Config::default())).applied_objects();
     let task = tokio::spawn(stream.for_each(|_| async {}));
     let _ = reader.wait_until_ready().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let grown = crate::cluster::memory_mib(std::process::id()).0 - before;
+    let grown = crate::cluster::memory(std::process::id()).resident - before;
     let cached = reader.state().len();
     task.abort();
     (grown, cached, json_mib)
