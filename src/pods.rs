@@ -222,21 +222,41 @@ mod tests {
         pod
     }
 
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn mock_api() -> (Api<Pod>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Api::namespaced(kube::Client::new(service, "ns"), "ns"), handle)
+    }
+
+    fn found(pod: &Pod) -> Response<Body> {
+        Response::builder().body(Body::from(serde_json::to_vec(pod).unwrap())).unwrap()
+    }
+
+    fn not_found() -> Response<Body> {
+        let status = serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "pods \"web\" not found" });
+        Response::builder().status(404).body(Body::from(status.to_string().into_bytes())).unwrap()
+    }
+
+    /// Answers the requests with `answers`, in order (a request beyond them fails);
+    /// the task returns how many were asked.
+    fn serve(mut handle: Handle, answers: Vec<Response<Body>>) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut asked = 0;
+            for answer in answers {
+                let Some((_, send)) = handle.next_request().await else { break };
+                asked += 1;
+                send.send_response(answer);
+            }
+            asked
+        })
+    }
+
     #[tokio::test]
     async fn one_read_per_version_the_watch_reports() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<Pod> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
-        let served = tokio::spawn(async move {
-            let mut count = 0;
-            for rv in ["1", "2", "3"] {
-                let Some((_, send)) = handle.next_request().await else { break };
-                count += 1;
-                send.send_response(
-                    Response::builder().body(Body::from(serde_json::to_vec(&pod(rv)).unwrap())).unwrap(),
-                );
-            }
-            count
-        });
+        let (api, handle) = mock_api();
+        let served = serve(handle, ["1", "2", "3"].iter().map(|rv| found(&pod(rv))).collect());
         let reader = PodReader::default();
         let metrics = Metrics::new();
         // The resourceVersion of the pod a read returns.
@@ -261,25 +281,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_watch_brings_the_pod_it_reports_and_a_deleted_pod_is_read_again() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<Pod> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
-        let served = tokio::spawn(async move {
-            let mut count = 0;
-            while let Some((_, send)) = handle.next_request().await {
-                count += 1;
-                let answer = match count {
-                    2 => Response::builder().status(404).body(Body::from(
-                        serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                            "reason": "NotFound", "code": 404, "message": "pods \"web\" not found" })
-                        .to_string()
-                        .into_bytes(),
-                    )),
-                    n => Response::builder().body(Body::from(serde_json::to_vec(&pod(["1", "", "9"][n - 1])).unwrap())),
-                };
-                send.send_response(answer.unwrap());
-            }
-            count
-        });
+        let (api, handle) = mock_api();
+        let served = serve(handle, vec![found(&pod("1")), not_found(), found(&pod("9"))]);
         let reader = PodReader::default();
         let metrics = Metrics::new();
         let read = async || reader.read(&api, "ns", "web", &metrics, false).await.unwrap();
@@ -319,14 +322,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_arrives_late_never_replaces_a_newer_pod() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<Pod> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
-        let served = tokio::spawn(async move {
-            let Some((_, send)) = handle.next_request().await else { return 0 };
-            let latest = with_containers("3", &["a", "b"]);
-            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&latest).unwrap())).unwrap());
-            1
-        });
+        let (api, handle) = mock_api();
+        let served = serve(handle, vec![found(&with_containers("3", &["a", "b"]))]);
         let reader = PodReader::default();
         // Two sessions' writes to one pod: the later one's answer (with both containers) comes first.
         reader.wrote(with_containers("2", &["a", "b"])).await;
@@ -342,8 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pod_nobody_watches_is_shared_for_a_second_then_dropped() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<Pod> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
+        let (api, mut handle) = mock_api();
         let reader = Arc::new(PodReader::default());
         let metrics = Arc::new(Metrics::new());
         let read = || {
@@ -353,9 +349,8 @@ mod tests {
                 pod.unwrap().metadata.resource_version.unwrap()
             })
         };
-        let answer = |send: tower_test::mock::SendResponse<Response<Body>>, rv: &str| {
-            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod(rv)).unwrap())).unwrap())
-        };
+        let answer =
+            |send: tower_test::mock::SendResponse<Response<Body>>, rv: &str| send.send_response(found(&pod(rv)));
         let first = read();
         let (_, send) = handle.next_request().await.expect("the first read asks");
         // Two more ask while the first read is under way, and one just after it.
