@@ -524,7 +524,7 @@ pub async fn run(
     health.pods_synced.store(true, Ordering::Relaxed);
     let (resync, resyncs) = tokio::sync::mpsc::unbounded_channel::<()>();
     let pod_events = {
-        let (resync_ctx, errors) = (ctx.clone(), errors.clone());
+        let (pods_ctx, errors) = (ctx.clone(), errors.clone());
         backed_off(pod_watch::changes_since(pods, pods_from, WATCH_TIMEOUT_SECONDS))
             // A kept copy needs no record of who wrote which field, and it is copied for every change.
             .modify(|pod| pod.managed_fields_mut().clear())
@@ -532,11 +532,11 @@ pub async fn run(
                 // The pod watch's history expired: what changed meanwhile is unknown,
                 // so no copy of a pod is trusted and every listening session looks again.
                 Ok(watcher::Event::InitDone) => {
-                    resync_ctx.pods.forget_all();
+                    pods_ctx.pods.forget_all();
                     let _ = resync.send(());
                 }
-                Ok(watcher::Event::Apply(pod)) => resync_ctx.pods.watched(pod),
-                Ok(watcher::Event::Delete(pod)) => resync_ctx.pods.deleted(pod),
+                Ok(watcher::Event::Apply(pod)) => pods_ctx.pods.watched(pod),
+                Ok(watcher::Event::Delete(pod)) => pods_ctx.pods.deleted(pod),
                 Err(error) => errors.report("pods", error),
                 Ok(_) => {}
             })

@@ -547,7 +547,8 @@ pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        // Not sum(): the sum of no floats is -0.0, which a summary line prints as "-0".
+        .fold(0.0, |total, value| total + value)
 }
 
 /// A loopback port that nothing listens on right now.
