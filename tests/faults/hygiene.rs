@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use ephemera::crd::Phase;
+use ephemera::crd::{DebugSessionStatus, FailureReason, Phase};
 use kube::api::{DeleteParams, ListParams};
 
 use crate::common::{TestEnv, busybox_session, free_port, metric, scrape};
@@ -17,9 +17,21 @@ const PODS: usize = 10;
 /// Sessions served before the baseline is taken; the numbering of the later ones starts here.
 const WARM_UP: usize = 100;
 
+/// Whether the container runtime, not ephemera, failed the session's container:
+/// containerd under load sometimes cannot read the pod sandbox's state and hands
+/// runc pid 0 ("namespace path: lstat /proc/0/ns/ipc", containerd#9160). The
+/// session then fails with StartTimeout and the kubelet's RunContainerError, as
+/// it should; this test is about memory, so such a session counts as finished.
+fn failed_by_the_runtime(status: &DebugSessionStatus) -> bool {
+    status.phase == Some(Phase::Failed)
+        && status.reason == Some(FailureReason::StartTimeout)
+        && status.waiting_reason.as_deref() == Some("RunContainerError")
+}
+
 /// `count` sessions whose debug process exits at once, over the pods; waits
-/// until all are Terminated, then deletes them and waits until they are gone.
-async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) {
+/// until all are Terminated (or failed by the runtime: how many is returned),
+/// then deletes them and waits until they are gone.
+async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) -> usize {
     let yamls = (first..first + count)
         .map(|i| busybox_session(&format!("h-{i}"), &format!("{{ pod: {} }}", pods[i % pods.len()]), r#"["true"]"#, ""))
         .collect();
@@ -27,10 +39,15 @@ async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let sessions = env.sessions.list(&ListParams::default()).await.unwrap().items;
-        let done =
-            sessions.iter().filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Terminated)).count();
-        if done == count {
-            break;
+        let status = |s: &ephemera::crd::DebugSession| s.status.clone().unwrap_or_default();
+        let done = sessions.iter().filter(|s| status(s).phase == Some(Phase::Terminated)).count();
+        let runtime_failed = sessions.iter().filter(|s| failed_by_the_runtime(&status(s))).count();
+        if done + runtime_failed == count {
+            env.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+            while !env.sessions.list(&ListParams::default()).await.unwrap().items.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            return runtime_failed;
         }
         if Instant::now() >= deadline {
             // What the sessions and the kubelet say of each one left behind.
@@ -60,10 +77,6 @@ async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) {
             panic!("only {done} of {count} sessions terminated:{report}\n{}", env.operator_log_tail());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    env.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-    while !env.sessions.list(&ListParams::default()).await.unwrap().items.is_empty() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -116,7 +129,7 @@ async fn resource_hygiene() {
     // arenas at the round's concurrency) is in it, and only what grows with the
     // number of sessions served shows.
     let pods = running_pods(&env, "hyg-w", PODS).await;
-    round(&env, 0, WARM_UP, &pods).await;
+    let mut runtime_failed = round(&env, 0, WARM_UP, &pods).await;
     env.pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
     let (baseline, baseline_metrics) = settled_rss(port, pid).await;
     let baseline_sockets = sockets(pid);
@@ -132,7 +145,7 @@ async fn resource_hygiene() {
         // size, with all its ephemeral containers, sets the size of every read of it).
         let pods = running_pods(&env, &format!("hyg-{first}"), PODS).await;
         let count = batch.min(WARM_UP + total - first);
-        round(&env, first, count, &pods).await;
+        runtime_failed += round(&env, first, count, &pods).await;
         let (now, _) = settled_rss(port, pid).await;
         peak = peak.max(now);
         after_rounds.push(format!("{:.1}", now as f64 / 1048576.0));
@@ -165,7 +178,7 @@ async fn resource_hygiene() {
         })
         .collect();
     let line = format!(
-        "{total} sessions (after {WARM_UP} for the baseline) in {}: RSS {} → peak {} → {} ({:+.1}%); {}; watches open={watches}; sockets {baseline_sockets}→{after_sockets}; requests={}; RSS after each round of {batch} (MiB): {}",
+        "{total} sessions (after {WARM_UP} for the baseline) in {}: RSS {} → peak {} → {} ({:+.1}%); {}; watches open={watches}; sockets {baseline_sockets}→{after_sockets}; requests={}; RSS after each round of {batch} (MiB): {}; failed by the container runtime: {runtime_failed}",
         secs(took),
         mib(baseline),
         mib(peak),
@@ -176,6 +189,8 @@ async fn resource_hygiene() {
         after_rounds.join(" "),
     );
     support::summary("resource-hygiene", &line);
+    // A rare runtime failure is tolerated; more would mean the node, or ephemera, is broken.
+    assert!(runtime_failed <= (WARM_UP + total) / 100, "too many sessions failed by the container runtime: {line}");
     // A leak keeps climbing from round to round: from the third round on (the
     // allocator's working set has formed by then; it grew 8-11 % over the first
     // rounds in CI runs), the last round may hold at most 5 % more.
