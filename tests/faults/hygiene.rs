@@ -37,17 +37,15 @@ async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) -> us
         .collect();
     create_sessions(env, yamls, 20).await;
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    let no_status = DebugSessionStatus::default();
+    let runtime_failed = loop {
         let sessions = env.sessions.list(&ListParams::default()).await.unwrap().items;
-        let status = |s: &ephemera::crd::DebugSession| s.status.clone().unwrap_or_default();
-        let done = sessions.iter().filter(|s| status(s).phase == Some(Phase::Terminated)).count();
-        let runtime_failed = sessions.iter().filter(|s| failed_by_the_runtime(&status(s))).count();
+        let statuses: Vec<&DebugSessionStatus> =
+            sessions.iter().map(|s| s.status.as_ref().unwrap_or(&no_status)).collect();
+        let done = statuses.iter().filter(|status| status.phase == Some(Phase::Terminated)).count();
+        let runtime_failed = statuses.iter().filter(|status| failed_by_the_runtime(status)).count();
         if done + runtime_failed == count {
-            env.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
-            while !env.sessions.list(&ListParams::default()).await.unwrap().items.is_empty() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            return runtime_failed;
+            break runtime_failed;
         }
         if Instant::now() >= deadline {
             // What the sessions and the kubelet say of each one left behind.
@@ -77,7 +75,12 @@ async fn round(env: &TestEnv, first: usize, count: usize, pods: &[String]) -> us
             panic!("only {done} of {count} sessions terminated:{report}\n{}", env.operator_log_tail());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    env.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    while !env.sessions.list(&ListParams::default()).await.unwrap().items.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    runtime_failed
 }
 
 /// The operator's own figures that must come back to where they were.
