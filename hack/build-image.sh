@@ -46,9 +46,12 @@ if [[ $builder == buildah ]] && ! command -v buildah >/dev/null; then
   [[ $(id -u) == 0 ]] || die "no working docker or podman, and buildah is missing: install one of them"
   echo "==> installing buildah from Debian"
   export DEBIAN_FRONTEND=noninteractive
+  # `make test` may install the test cluster's packages beside this: one apt at a time
+  # (tests/cluster/up.sh takes the same lock). -o: a daemon a package starts never holds it.
+  apt_one_at_a_time() { flock -o /tmp/ephemera-apt.lock apt-get "$@"; }
   # Fresh package lists only if the current ones do not have it.
-  apt-get install -y -qq --no-install-recommends buildah >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah >/dev/null; }
+  apt_one_at_a_time install -y -qq --no-install-recommends buildah >/dev/null 2>&1 ||
+    { apt_one_at_a_time update -qq && apt_one_at_a_time install -y -qq --no-install-recommends buildah >/dev/null; }
 fi
 
 echo "==> $image with $builder (version $version, revision $revision)"

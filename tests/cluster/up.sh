@@ -108,11 +108,15 @@ install_packages() {
   command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  apt_one_at_a_time update -qq
   # policy-rc.d-style guard is unnecessary: without systemd as PID 1 the
   # containerd package does not start a daemon; we never use a system one.
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_one_at_a_time install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# `make test` builds ephemera's image beside this, which may install buildah: one apt at a
+# time (hack/build-image.sh takes the same lock). -o: a daemon a package starts never holds it.
+apt_one_at_a_time() { flock -o /tmp/ephemera-apt.lock apt-get "$@"; }
 
 # ------------------------------------------------------------------ binary ---
 binary_hash() {
