@@ -59,7 +59,10 @@ unit-test: $(HELM)
 # of their own (harness acceptance, then ephemera's version matrix); then the fault suite, alone
 # because its recovery times must not be measured on a machine busy with other suites; then the demo. Every binary
 # is built before the lanes start, so that no build slows a lane down.
-test: binaries cluster-test suites test-faults demo-check
+# `binaries` builds everything once; the steps after it are told so (BUILD_TESTS empty reaches
+# every sub-make), instead of each lane building the image again.
+test: binaries cluster-test
+	$(MAKE) BUILD_TESTS= suites test-faults demo-check
 
 # Everything `make test` builds, in two lanes at once: cargo's (lint and unit tests first, then the
 # test binaries and the image) and Go's (the cluster's binaries for every Kubernetes version). On a
@@ -80,6 +83,8 @@ e2e-lane:
 	$(MAKE) e2e-test
 	$(MAKE) bench-smoke
 
+# What the suites below need built; `make test` empties it once it has built them.
+BUILD_TESTS := build-tests
 build-tests: $(HELM) image
 	$(CARGO) build --locked
 	$(CARGO) test --locked --test e2e --test exclusive --test matrix --test faults --bench ephemera --no-run
@@ -88,7 +93,7 @@ build-tests: $(HELM) image
 # target instead of eating CI's whole time budget.
 # The in-cluster tests install the chart with the image `make image` built.
 E2E_TIMEOUT ?= 20m
-e2e-test: build-tests
+e2e-test: $(BUILD_TESTS)
 	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(E2E_TIMEOUT) \
 		$(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
 	# These change what every test shares (the CRD): alone, after the others.
@@ -98,7 +103,7 @@ e2e-test: build-tests
 versions-test: cluster-test-versions matrix-test
 
 MATRIX_TIMEOUT ?= 15m
-matrix-test: build-tests cluster-deps-versions
+matrix-test: $(BUILD_TESTS) cluster-deps-versions
 	EPHEMERA_HELM=$(HELM) timeout --kill-after=30s $(MATRIX_TIMEOUT) \
 		$(CARGO) test --locked --test matrix -- --test-threads=$${MATRIX_THREADS:-3}
 
@@ -113,7 +118,7 @@ FAULTS_TIMEOUT ?= 25m
 # The operator under fault is the image's release binary (`make image`), as shipped: the
 # debug build's own slowness would hide what the faults cost.
 faults-shared faults-restarts: export EPHEMERA_OPERATOR_BIN = $(CURDIR)/target/x86_64-unknown-linux-gnu/release/ephemera
-test-faults: build-tests
+test-faults: $(BUILD_TESTS)
 	$(MAKE) -j2 --output-sync=target faults-shared faults-restarts
 	cat target/faults-summary.txt
 
