@@ -37,6 +37,7 @@ use crate::requester::{Requester, requester};
 use crate::server::Health;
 use crate::status::{self, Next, Observed, PodView};
 use crate::target::Failure;
+use crate::wakes::PodWakes;
 
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "ephemera";
@@ -270,6 +271,7 @@ pub struct Context {
     pub availability: Arc<AvailabilityCache>,
     pub index: TargetIndex,
     pub pods: PodReader,
+    pub wakes: PodWakes,
     own: OwnWrites,
     first_reports: FirstReports,
     injector: Injector,
@@ -287,6 +289,7 @@ impl Context {
             availability: AvailabilityCache::new(client.clone(), RETRY_UNAVAILABLE),
             index: TargetIndex::default(),
             pods: PodReader::default(),
+            wakes: PodWakes::default(),
             own: OwnWrites::default(),
             first_reports: FirstReports::default(),
             injector: Injector::new(client.clone(), metrics.clone()),
@@ -296,6 +299,12 @@ impl Context {
             client,
             metrics,
         })
+    }
+
+    /// No unfinished session listens to the pod any more: nothing of it is kept.
+    fn release_pod(&self, namespace: &str, name: &str) {
+        self.pods.forget(namespace, name);
+        self.wakes.forget(namespace, name);
     }
 }
 
@@ -464,6 +473,7 @@ pub async fn run(
         records("first_reports", ctx.first_reports.len());
         records("pod_writes", ctx.injector.len());
         records("backoffs", ctx.backoff.len());
+        records("pod_wakes", ctx.wakes.len());
         records("undecodable", ctx.undecodable.lock().expect("undecodable lock").len());
     });
     let session_events = {
@@ -479,12 +489,12 @@ pub async fn run(
                 // No session listens to the pod's changes any more: its copy goes now.
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
                     if let Some((namespace, name)) = index_ctx.index.apply(object) {
-                        index_ctx.pods.forget(&namespace, &name);
+                        index_ctx.release_pod(&namespace, &name);
                     }
                 }
                 Ok(watcher::Event::Delete(object)) => {
                     if let Some((namespace, name)) = index_ctx.index.remove(object) {
-                        index_ctx.pods.forget(&namespace, &name);
+                        index_ctx.release_pod(&namespace, &name);
                     }
                     if let Some(uid) = object.meta().uid.as_deref() {
                         index_ctx.own.forget(uid);
@@ -533,10 +543,17 @@ pub async fn run(
                 // so no copy of a pod is trusted and every listening session looks again.
                 Ok(watcher::Event::InitDone) => {
                     pods_ctx.pods.forget_all();
+                    pods_ctx.wakes.forget_all();
                     let _ = resync.send(());
                 }
                 Ok(watcher::Event::Apply(pod)) => pods_ctx.pods.watched(pod),
-                Ok(watcher::Event::Delete(pod)) => pods_ctx.pods.deleted(pod),
+                Ok(watcher::Event::Delete(pod)) => {
+                    pods_ctx.pods.deleted(pod);
+                    // Its last version may look like the one before: every listener hears of the deletion.
+                    if let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                        pods_ctx.wakes.forget(namespace, name);
+                    }
+                }
                 Err(error) => errors.report("pods", error),
                 Ok(_) => {}
             })
@@ -565,13 +582,25 @@ pub async fn run(
                 return Vec::new();
             };
             mapper_ctx.metrics.listening_sessions.set(mapper_ctx.index.len() as i64);
-            let sessions = mapper_ctx.index.sessions_for(namespace, name, meta.labels.as_ref());
-            if sessions.is_empty() {
-                mapper_ctx.pods.forget(namespace, name);
-            } else {
-                mapper_ctx.pods.saw(namespace, name, meta.resource_version.as_deref());
+            let listening = mapper_ctx.index.sessions_for(namespace, name, meta.labels.as_ref());
+            if listening.is_empty() {
+                mapper_ctx.release_pod(namespace, name);
+                return Vec::new();
             }
-            sessions
+            mapper_ctx.pods.saw(namespace, name, meta.resource_version.as_deref());
+            // Each as its reconcile would see it: with our own status writes, even before their echo.
+            let as_reconciled = |listener: &ObjectRef<GuardedSession>| {
+                let object = mapper_ctx.sessions.get(listener)?;
+                let session = object.0.as_ref().ok()?;
+                Some(mapper_ctx.own.caught_up(session).unwrap_or_else(|| session.clone()))
+            };
+            let wakes = mapper_ctx.wakes.wake(&pod, listening, as_reconciled);
+            let counted = |outcome: &str, n: usize| {
+                mapper_ctx.metrics.pod_event_wakes.with_label_values(&[outcome]).inc_by(n as u64);
+            };
+            counted("woken", wakes.woken.len());
+            counted("unchanged", wakes.unchanged);
+            wakes.woken
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

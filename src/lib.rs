@@ -23,6 +23,7 @@ pub mod status;
 pub mod target;
 pub mod telemetry;
 pub mod validation;
+pub mod wakes;
 
 /// The version `--version` prints: the crate's version and the git revision it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("EPHEMERA_REVISION"), ")");

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// Sessions that listen for pod events (finished ones do not).
     pub listening_sessions: IntGauge,
+    /// Listening sessions a pod change woke, or left alone because their part of the pod did not change.
+    pub pod_event_wakes: IntCounterVec,
     /// What the process holds, for finding leaks: reconciles under way, Events
     /// not yet published, tasks alive in the runtime, sessions in the watch's
     /// store, pods kept by the pod reader, and the per-session records.
@@ -63,6 +65,14 @@ impl Metrics {
         .unwrap();
         let listening_sessions =
             IntGauge::new("listening_sessions", "DebugSessions that react to events of their pod").unwrap();
+        let pod_event_wakes = IntCounterVec::new(
+            Opts::new(
+                "pod_event_wakes_total",
+                "Listening DebugSessions per pod change: woken, or unchanged (their part of the pod is as it was)",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).unwrap();
         let reconciles_in_flight = gauge("reconciles_in_flight", "Reconciles under way");
         let events_queued = gauge("events_queued", "Events waiting to be published, or being published");
@@ -81,6 +91,7 @@ impl Metrics {
             Box::new(transitions.clone()),
             Box::new(api_requests.clone()),
             Box::new(listening_sessions.clone()),
+            Box::new(pod_event_wakes.clone()),
             Box::new(reconciles_in_flight.clone()),
             Box::new(events_queued.clone()),
             Box::new(runtime_alive_tasks.clone()),
@@ -99,6 +110,7 @@ impl Metrics {
             transitions,
             api_requests,
             listening_sessions,
+            pod_event_wakes,
             reconciles_in_flight,
             events_queued,
             runtime_alive_tasks,

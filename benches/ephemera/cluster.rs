@@ -295,7 +295,12 @@ impl MetricSet {
 
     /// What grew since `before`, for the counters worth showing.
     pub fn since(&self, before: &MetricSet) -> MetricSet {
-        let shown = ["ephemera_api_requests_total", "ephemera_injections_total", "ephemera_reconciliations_total"];
+        let shown = [
+            "ephemera_api_requests_total",
+            "ephemera_injections_total",
+            "ephemera_reconciliations_total",
+            "ephemera_pod_event_wakes_total",
+        ];
         MetricSet(
             self.0
                 .iter()

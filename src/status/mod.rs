@@ -543,13 +543,7 @@ pub fn record_output(status: &mut DebugSessionStatus, capture: &Capture, output:
 /// last. The order in the pod keeps no history: a strategic merge patch
 /// (`kubectl debug`'s, ours) puts its container first.
 fn at_injection(pod: &Pod, own: &str, recorded: &[String]) -> Vec<String> {
-    let in_pod: HashSet<&str> =
-        pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.as_str()).collect();
-    let unique: HashSet<&str> = recorded.iter().map(String::as_str).collect();
-    let borne_out = recorded.last().is_some_and(|last| last == own)
-        && unique.len() == recorded.len()
-        && recorded.iter().all(|name| in_pod.contains(name.as_str()));
-    if borne_out {
+    if borne_out(pod, own, recorded) {
         return recorded.to_vec();
     }
     let mut names: Vec<String> =
@@ -557,6 +551,34 @@ fn at_injection(pod: &Pod, own: &str, recorded: &[String]) -> Vec<String> {
     names.retain(|name| name != own);
     names.push(own.to_string());
     names
+}
+
+/// Whether the record of the containers in the pod when `own` went in can be
+/// true. Once it is, it stays so: containers are never removed from a pod.
+fn borne_out(pod: &Pod, own: &str, recorded: &[String]) -> bool {
+    let in_pod: HashSet<&str> =
+        pod.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten()).map(|c| c.name.as_str()).collect();
+    let unique: HashSet<&str> = recorded.iter().map(String::as_str).collect();
+    recorded.last().is_some_and(|last| last == own)
+        && unique.len() == recorded.len()
+        && recorded.iter().all(|name| in_pod.contains(name.as_str()))
+}
+
+/// Whether [`decide`] reads nothing of `pod`'s ephemeral containers but those
+/// that carry `session`'s markers (and their statuses). So it is once the
+/// current attempt's container is in the pod and the record of the containers
+/// before it is borne out: other containers only matter for naming and sizing
+/// a container yet to be added, and for that record while it is not. A
+/// `mode: All` session weighs the other pods too, so it is never one of these.
+pub fn reads_only_own_containers(session: &DebugSession, pod: &Pod) -> bool {
+    if session.spec.target.mode == TargetMode::All || session.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let Some(current) = marked_containers(session, pod).into_iter().find(|m| m.attempt == session.spec.attempt) else {
+        return false;
+    };
+    let recorded = session.status.as_ref().map(|s| s.ephemeral_containers_at_injection.as_slice()).unwrap_or_default();
+    borne_out(pod, &current.container.name, recorded)
 }
 
 /// Checks what was read against the spec. The previous status only names the

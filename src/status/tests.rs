@@ -935,3 +935,63 @@ fn the_kubelet_creating_a_container_already_said_to_be_on_its_way_is_no_news() {
     let creating = decide(&claimed, waiting("ContainerCreating", None), 1);
     assert!(!only_routine_news(&creating, &decide(&creating, waiting("ErrImagePull", None), 3)));
 }
+
+/// `pod` with another session's debug container and someone's `kubectl debug`
+/// container added, each with a kubelet status, and written once more.
+fn with_others_containers(pod: &Pod) -> Pod {
+    let mut other = session(0, None);
+    other.metadata.name = Some("s2".into());
+    other.metadata.uid = Some("fffff999-0000".into());
+    let mut busier = pod.clone();
+    let spec = busier.spec.as_mut().unwrap();
+    let containers = spec.ephemeral_containers.get_or_insert_default();
+    containers.insert(0, build_ephemeral_container(&other, "debugger-fffff", "app", 0));
+    containers.push(EphemeralContainer { name: "human".into(), image: Some("busybox".into()), ..Default::default() });
+    let statuses = busier.status.as_mut().unwrap().ephemeral_container_statuses.get_or_insert_default();
+    for (name, state) in [("debugger-fffff", running()), ("human", waiting("ContainerCreating", None))] {
+        statuses.push(ContainerStatus { name: name.into(), state, ..Default::default() });
+    }
+    busier.metadata.resource_version = Some("next".into());
+    busier
+}
+
+#[test]
+fn once_its_container_is_in_the_pod_a_session_reads_only_its_own() {
+    let own = "debugger-abcde";
+    let borne_out = |phase, records| DebugSessionStatus {
+        ephemeral_containers_at_injection: vec![own.into()],
+        container_name: Some(own.into()),
+        ..injected(records, 0, phase)
+    };
+    let claim = borne_out(Phase::Pending, vec![]);
+    let injected_silent = borne_out(Phase::Injected, vec![record(own, 0, ContainerState::Unknown)]);
+    let is_running = borne_out(Phase::Running, vec![record(own, 0, ContainerState::Running)]);
+    #[rustfmt::skip]
+    let cases: [(&str, DebugSession, Pod, bool); 9] = [
+        ("the claim stands, the container is in", session(0, Some(claim.clone())), pod("Running", &[(own, None)]), true),
+        ("waiting for the kubelet", session(0, Some(injected_silent.clone())), pod("Running", &[(own, waiting("ContainerCreating", None))]), true),
+        ("running", session(0, Some(is_running.clone())), pod("Running", &[(own, running())]), true),
+        ("exited, the pod failing", session(0, Some(is_running.clone())), pod("Failed", &[(own, terminated(1))]), true),
+        ("nothing in the pod yet", session(0, Some(claim.clone())), pod("Running", &[]), false),
+        ("only an older attempt's container", session(1, Some(is_running.clone())), pod("Running", &[(own, running())]), false),
+        ("no record of the pod at injection", session(0, None), pod("Running", &[(own, running())]), false),
+        ("a record that the pod belies", session(0, Some(DebugSessionStatus {
+            ephemeral_containers_at_injection: vec!["gone".into(), own.into()], ..is_running.clone() })),
+            pod("Running", &[(own, running())]), false),
+        ("a fan-out", session_for(serde_json::json!({ "selector": { "matchLabels": { "app": "web" } }, "mode": "All" }), 0,
+            Some(is_running.clone())), pod("Running", &[(own, running())]), false),
+    ];
+    for (case, session, pod, only_own) in cases {
+        assert_eq!(reads_only_own_containers(&session, &pod), only_own, "{case}");
+        if !only_own {
+            continue;
+        }
+        // The contract: other containers, and a new resourceVersion, change nothing that is decided.
+        for secs in [1, 3, 30, 90] {
+            let alone = decide_on(&session, Some(&pod), Some(&SERVED), secs);
+            let among_others = decide_on(&session, Some(&with_others_containers(&pod)), Some(&SERVED), secs);
+            assert_eq!(alone, among_others, "{case}, after {secs}s");
+        }
+        assert!(reads_only_own_containers(&session, &with_others_containers(&pod)), "{case}");
+    }
+}
