@@ -79,6 +79,8 @@ async fn hot_pod() {
         }
     }
     let metrics = scrape(port).await;
+    let woken = metric(&metrics, "ephemera_pod_event_wakes_total{outcome=\"woken\"}");
+    let unchanged = metric(&metrics, "ephemera_pod_event_wakes_total{outcome=\"unchanged\"}");
     let subresource_writes = proxy
         .log()
         .iter()
@@ -114,11 +116,13 @@ async fn hot_pod() {
         .delete("hot-0", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
         .await;
     let line = format!(
-        "sessions={sessions} rival containers={rivals} (missing {rivals_missing}, altered {rivals_altered}) {} containers={} subresource writes={subresource_writes} (refused {refused}; at most {largest_write} containers in one) busy-pod give-ups={} reconciles/session={:.1} status writes/session={:.1} all running after {} (every container in the pod after {})",
+        "sessions={sessions} rival containers={rivals} (missing {rivals_missing}, altered {rivals_altered}) {} containers={} subresource writes={subresource_writes} (refused {refused}; at most {largest_write} containers in one) busy-pod give-ups={} reconciles/session={:.1} (pod changes woke {} and left {} alone) status writes/session={:.1} all running after {} (every container in the pod after {})",
         census.figures(),
         census.containers,
         metric(&metrics, "ephemera_reconcile_errors_total{error=\"busy_pod\"}"),
         metric(&metrics, "ephemera_reconciliations_total") / sessions as f64,
+        woken,
+        unchanged,
         status_writes as f64 / sessions as f64,
         times.clean.map_or("never".into(), |t| secs(t - began)),
         times.operator_done.map_or("never".into(), |t| secs(t - began)),
@@ -128,6 +132,9 @@ async fn hot_pod() {
     assert_eq!(census.containers, sessions, "{line}");
     assert_eq!((rivals_missing, rivals_altered), (0, 0), "{line}");
     assert!(rivals >= 10, "the rival kept writing while the sessions went in: {line}");
+    // The rival's containers, and the sessions' own, going in and starting: a session
+    // whose container is in the pod already reads none of those, and is not woken by them.
+    assert!(unchanged > woken, "{line}");
     assert_eq!(metric(&metrics, "ephemera_reconcile_errors_total{error=\"busy_pod\"}"), 0.0, "{line}");
     // Every container in exactly one write, none refused; adds that waited
     // for a write to the pod went out together. The operator counts what the proxy saw.
