@@ -93,13 +93,6 @@ pub fn is_from_session(container: &EphemeralContainer, session_uid: &str) -> boo
     !session_uid.is_empty() && env_value(container, SESSION_UID_ENV) == Some(session_uid)
 }
 
-/// Whether `container` carries the marker of `session`, or of a predecessor of
-/// the same namespace and name: the containers [`marked_containers`] looks at.
-pub fn carries_marker_of(session: &DebugSession, container: &EphemeralContainer) -> bool {
-    is_from_session(container, session_uid(session))
-        || env_value(container, SESSION_ENV) == Some(session_key(session).as_str())
-}
-
 /// A container in a pod that carries a session's markers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Marked<'a> {

@@ -9,11 +9,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EphemeralContainer, Pod};
 use kube::runtime::reflector::ObjectRef;
 
 use crate::crd::DebugSession;
-use crate::debug_container::carries_marker_of;
 use crate::index::GuardedSession;
 use crate::status;
 
@@ -72,12 +71,15 @@ impl PodWakes {
         let mut now = HashMap::new();
         let mut wakes = Wakes::default();
         for listener in listening {
-            let Some(session) = session(&listener).filter(|s| status::reads_only_own_containers(s, pod)) else {
+            let session = session(&listener);
+            let Some((session, ours)) =
+                session.as_ref().and_then(|s| Some((s, status::reads_only_own_containers(s, pod)?)))
+            else {
                 wakes.woken.push(listener);
                 continue;
             };
             let shared = *shared.get_or_insert_with(|| self.without_debug_containers(pod));
-            let digest = self.part_read_by(&session, pod, shared);
+            let digest = self.part_read_by(session, pod, &ours, shared);
             if before.get(&listener) == Some(&digest) {
                 wakes.unchanged += 1;
             } else {
@@ -116,17 +118,11 @@ impl PodWakes {
     }
 
     /// The digest of what `session` reads of `pod`: the rest of the pod, and
-    /// the containers with its markers, with their statuses.
-    fn part_read_by(&self, session: &DebugSession, pod: &Pod, rest: u64) -> u64 {
+    /// its own containers, with their statuses.
+    fn part_read_by(&self, session: &DebugSession, pod: &Pod, ours: &[&EphemeralContainer], rest: u64) -> u64 {
         let mut hasher = self.keys.build_hasher();
         rest.hash(&mut hasher);
         session.metadata.uid.hash(&mut hasher);
-        let ours: Vec<_> = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.ephemeral_containers.iter().flatten())
-            .filter(|c| carries_marker_of(session, c))
-            .collect();
         feed(&mut hasher, &ours);
         let statuses = pod.status.iter().flat_map(|s| s.ephemeral_container_statuses.iter().flatten());
         let reported: Vec<_> = statuses.filter(|s| ours.iter().any(|c| c.name == s.name)).collect();

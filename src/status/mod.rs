@@ -564,21 +564,21 @@ fn borne_out(pod: &Pod, own: &str, recorded: &[String]) -> bool {
         && recorded.iter().all(|name| in_pod.contains(name.as_str()))
 }
 
-/// Whether [`decide`] reads nothing of `pod`'s ephemeral containers but those
-/// that carry `session`'s markers (and their statuses). So it is once the
-/// current attempt's container is in the pod and the record of the containers
-/// before it is borne out: other containers only matter for naming and sizing
-/// a container yet to be added, and for that record while it is not. A
-/// `mode: All` session weighs the other pods too, so it is never one of these.
-pub fn reads_only_own_containers(session: &DebugSession, pod: &Pod) -> bool {
+/// The session's own containers in `pod` ([`marked_containers`]), when they
+/// are all that [`decide`] reads of the pod's ephemeral containers (with their
+/// statuses). So it is once the current attempt's container is in the pod and
+/// the record of the containers before it is borne out: other containers only
+/// matter for naming and sizing a container yet to be added, and for that
+/// record while it is not. A `mode: All` session weighs the other pods too, so
+/// it is never one of these.
+pub fn reads_only_own_containers<'a>(session: &DebugSession, pod: &'a Pod) -> Option<Vec<&'a EphemeralContainer>> {
     if session.spec.target.mode == TargetMode::All || session.metadata.deletion_timestamp.is_some() {
-        return false;
+        return None;
     }
-    let Some(current) = marked_containers(session, pod).into_iter().find(|m| m.attempt == session.spec.attempt) else {
-        return false;
-    };
+    let marked = marked_containers(session, pod);
+    let current = marked.iter().find(|m| m.attempt == session.spec.attempt)?;
     let recorded = session.status.as_ref().map(|s| s.ephemeral_containers_at_injection.as_slice()).unwrap_or_default();
-    borne_out(pod, &current.container.name, recorded)
+    borne_out(pod, &current.container.name, recorded).then(|| marked.iter().map(|m| m.container).collect())
 }
 
 /// Checks what was read against the spec. The previous status only names the
