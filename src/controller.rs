@@ -880,7 +880,8 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                         Ok(updated) => {
                             ctx.metrics.injections.with_label_values(&["injected"]).inc();
                             if let Some(uid) = &current.metadata.uid {
-                                ctx.first_reports.injected(uid);
+                                let node = injection.pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref());
+                                ctx.first_reports.injected(uid, node);
                             }
                             inputs.replace_pod(ctx.pods.wrote(updated).await);
                         }

@@ -4,9 +4,17 @@
 //! "ContainerCreating") would be followed by another write straight away;
 //! waiting lets one write say "Running". A problem the kubelet reports
 //! (ErrImagePull, ...) is written at once. Only the process that added the
-//! container waits, and never longer than [`WAIT`]: after a restart, or when
-//! the kubelet is slow or silent (a kubelet without the feature gate),
-//! "Injected" is written as before.
+//! container waits: after a restart "Injected" is written as before.
+//!
+//! The wait ends when the kubelet of the container's node has been silent for
+//! [`WAIT`]: it has said nothing about any container this process added on
+//! that node since the later of this container's addition and its last word.
+//! A kubelet working through many new containers (a burst of sessions) starts
+//! them one after the other, seconds apart; while it reports on the others,
+//! "Injected" for those still in its queue would be followed at once by
+//! "Running". A kubelet that is stopped, or has no feature gate, says nothing,
+//! and "Injected" goes out after [`WAIT`]. However busy the kubelet, no status
+//! waits more than [`LONGEST_WAIT`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,47 +22,91 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::crd::DebugSessionStatus;
+use crate::crd::{ContainerState, DebugSessionStatus};
 use crate::status;
 
-/// The longest a status that only adds "the container is in the pod, on its way" waits to be written.
+/// How long a kubelet may be silent before "Injected" is written without its word.
 pub const WAIT: Duration = Duration::from_secs(2);
 
-/// When each session's container was added, for those added less than [`WAIT`] ago.
+/// The longest a status waits for the kubelet's first word, however busy the kubelet is.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(30);
+
+/// A container this process added, until the kubelet's first word on it (or [`LONGEST_WAIT`]).
+struct Added {
+    at: Instant,
+    node: Option<String>,
+    /// The kubelet has reported on it (ContainerCreating counts).
+    heard: bool,
+    /// Its status was written without waiting any longer: it never waits again.
+    released: bool,
+}
+
+#[derive(Default)]
+struct Records {
+    /// By session UID.
+    added: HashMap<String, Added>,
+    /// By node: when its kubelet last gave its first word on a container added here.
+    last_word: HashMap<String, Instant>,
+}
+
+/// When each session's container was added and what the kubelets have said since.
 #[derive(Default)]
 pub struct FirstReports {
-    injected_at: Mutex<HashMap<String, Instant>>,
+    records: Mutex<Records>,
 }
 
 impl FirstReports {
-    /// The session with `uid` just had its container added.
-    pub fn injected(&self, uid: &str) {
-        let mut injected_at = self.injected_at.lock().expect("first reports lock");
-        injected_at.retain(|_, at| at.elapsed() < WAIT);
-        injected_at.insert(uid.to_string(), Instant::now());
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().expect("first reports lock")
+    }
+
+    /// The session with `uid` just had its container added, to a pod on `node`.
+    pub fn injected(&self, uid: &str, node: Option<&str>) {
+        let mut records = self.records();
+        records.added.retain(|_, added| added.at.elapsed() < LONGEST_WAIT);
+        records.last_word.retain(|_, at| at.elapsed() < LONGEST_WAIT);
+        let added = Added { at: Instant::now(), node: node.map(str::to_string), heard: false, released: false };
+        records.added.insert(uid.to_string(), added);
     }
 
     /// How much longer `status` may wait before it is written: some, while it
     /// only adds that the container this process just added is in the pod and
-    /// on its way (see [`status::awaits_kubelet`]).
+    /// on its way (see [`status::awaits_kubelet`]) and its node's kubelet has
+    /// not been silent for [`WAIT`].
     pub fn wait_left(&self, uid: &str, status: &DebugSessionStatus) -> Option<Duration> {
-        let mut injected_at = self.injected_at.lock().expect("first reports lock");
-        let left = injected_at
-            .get(uid)
-            .and_then(|at| WAIT.checked_sub(at.elapsed()))
-            .filter(|left| !left.is_zero() && status::awaits_kubelet(status));
-        if left.is_none() {
-            injected_at.remove(uid);
+        let mut records = self.records();
+        let Records { added, last_word } = &mut *records;
+        let entry = added.get_mut(uid)?;
+        if !entry.heard && kubelet_spoke(status) {
+            // Its first word on this container: the node's kubelet is at work.
+            entry.heard = true;
+            if let Some(node) = &entry.node {
+                last_word.insert(node.clone(), Instant::now());
+            }
         }
-        left
+        if !status::awaits_kubelet(status) {
+            added.remove(uid);
+            return None;
+        }
+        let word = entry.node.as_ref().and_then(|node| last_word.get(node));
+        let silent_since = word.map_or(entry.at, |word| entry.at.max(*word));
+        let deadline = (silent_since + WAIT).min(entry.at + LONGEST_WAIT);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if entry.released || left.is_zero() {
+            // Written now; kept only to hear the kubelet's first word.
+            entry.released = true;
+            return None;
+        }
+        Some(left)
     }
 
     pub fn forget(&self, uid: &str) {
-        self.injected_at.lock().expect("first reports lock").remove(uid);
+        self.records().added.remove(uid);
     }
 
+    /// Containers added whose start is still awaited.
     pub fn len(&self) -> usize {
-        self.injected_at.lock().expect("first reports lock").len()
+        self.records().added.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,58 +114,132 @@ impl FirstReports {
     }
 }
 
+/// Whether the kubelet has reported on the current attempt's container: any
+/// state, ContainerCreating included.
+fn kubelet_spoke(status: &DebugSessionStatus) -> bool {
+    status.targets.is_empty()
+        && status.containers.iter().any(|r| r.attempt == status.attempt && r.state != ContainerState::Unknown)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ContainerState, DebugContainerStatus, Phase};
+    use crate::crd::{DebugContainerStatus, Phase};
 
-    fn injected(state: ContainerState, reason: Option<&str>) -> DebugSessionStatus {
+    fn status(phase: Phase, state: ContainerState, reason: Option<&str>) -> DebugSessionStatus {
         DebugSessionStatus {
-            phase: Some(Phase::Injected),
+            phase: Some(phase),
             waiting_reason: reason.map(str::to_string),
             containers: vec![DebugContainerStatus { name: "debugger-a".into(), state, ..Default::default() }],
             ..Default::default()
         }
     }
 
+    fn silent() -> DebugSessionStatus {
+        status(Phase::Injected, ContainerState::Unknown, None)
+    }
+
+    fn running() -> DebugSessionStatus {
+        status(Phase::Running, ContainerState::Running, None)
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
     #[tokio::test(start_paused = true)]
     async fn waits_only_for_the_kubelets_first_word_and_never_long() {
         let reports = FirstReports::default();
-        let silent = injected(ContainerState::Unknown, None);
-        assert_eq!(reports.wait_left("uid", &silent), None, "nothing added here: write at once");
+        assert_eq!(reports.wait_left("uid", &silent()), None, "nothing added here: write at once");
 
-        reports.injected("uid");
-        assert_eq!(reports.wait_left("uid", &silent), Some(WAIT));
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(reports.wait_left("uid", &silent), Some(WAIT - Duration::from_millis(500)));
+        reports.injected("uid", Some("node"));
+        assert_eq!(reports.wait_left("uid", &silent()), Some(WAIT));
+        tokio::time::advance(MS(500)).await;
+        assert_eq!(reports.wait_left("uid", &silent()), Some(WAIT - MS(500)));
 
-        let creating = injected(ContainerState::Waiting, Some("ContainerCreating"));
+        let creating = status(Phase::Injected, ContainerState::Waiting, Some("ContainerCreating"));
         assert_eq!(
             reports.wait_left("uid", &creating),
-            Some(WAIT - Duration::from_millis(500)),
-            "creating it is the kubelet's routine: wait on"
+            Some(WAIT),
+            "creating it is the kubelet's routine, and its word: wait on"
         );
-        let cannot_pull = injected(ContainerState::Waiting, Some("ErrImagePull"));
+        tokio::time::advance(MS(500)).await;
+        assert_eq!(
+            reports.wait_left("uid", &creating),
+            Some(WAIT - MS(500)),
+            "the same word, heard again, is no new word"
+        );
+        let cannot_pull = status(Phase::Injected, ContainerState::Waiting, Some("ErrImagePull"));
         assert_eq!(reports.wait_left("uid", &cannot_pull), None, "the kubelet reports a problem: write");
-        assert!(reports.is_empty(), "a write ends the wait for good");
-        assert_eq!(reports.wait_left("uid", &silent), None);
+        assert!(reports.is_empty(), "a problem ends the wait for good");
+        assert_eq!(reports.wait_left("uid", &silent()), None);
 
-        reports.injected("uid");
+        reports.injected("uid", Some("node"));
         tokio::time::advance(WAIT).await;
-        assert_eq!(reports.wait_left("uid", &silent), None, "the kubelet stayed silent: write");
-        assert!(reports.is_empty());
+        assert_eq!(reports.wait_left("uid", &silent()), None, "the kubelet stayed silent: write");
+        assert_eq!(reports.len(), 1, "kept to hear the kubelet's first word");
+        tokio::time::advance(MS(500)).await;
+        assert_eq!(reports.wait_left("uid", &creating), None, "written once without waiting, never waits again");
+        assert_eq!(reports.wait_left("uid", &running()), None);
+        assert!(reports.is_empty(), "its start ends the record");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kubelet_at_work_on_other_containers_is_not_silent() {
+        let reports = FirstReports::default();
+        for uid in ["first", "queued"] {
+            reports.injected(uid, Some("busy"));
+        }
+        reports.injected("elsewhere", Some("quiet"));
+        reports.injected("unscheduled", None);
+        tokio::time::advance(MS(1500)).await;
+        assert_eq!(reports.wait_left("first", &running()), None, "started: write");
+
+        tokio::time::advance(MS(1000)).await;
+        assert_eq!(reports.wait_left("queued", &silent()), Some(MS(1000)), "its kubelet spoke 1 s ago");
+        assert_eq!(reports.wait_left("elsewhere", &silent()), None, "another node's kubelet says nothing on it");
+        assert_eq!(reports.wait_left("unscheduled", &silent()), None, "no node, no kubelet to hear");
+
+        // The kubelet keeps starting others, each within WAIT of the last.
+        let mut waited = MS(2500);
+        for i in 0.. {
+            let other = format!("other-{i}");
+            reports.injected(&other, Some("busy"));
+            tokio::time::advance(MS(1500)).await;
+            waited += MS(1500);
+            assert_eq!(reports.wait_left(&other, &running()), None);
+            let left = reports.wait_left("queued", &silent());
+            if waited >= LONGEST_WAIT {
+                assert_eq!(left, None, "however busy the kubelet, the wait ends");
+                break;
+            }
+            assert_eq!(left, Some(WAIT.min(LONGEST_WAIT - waited)), "at {waited:?}");
+        }
+        assert_eq!(reports.wait_left("queued", &silent()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kubelet_silent_on_every_container_is_silent() {
+        let reports = FirstReports::default();
+        for uid in ["a", "b", "c"] {
+            reports.injected(uid, Some("stopped"));
+            tokio::time::advance(MS(700)).await;
+        }
+        assert_eq!(reports.wait_left("a", &silent()), None, "2.1 s of silence");
+        assert_eq!(reports.wait_left("b", &silent()), Some(MS(600)));
+        tokio::time::advance(MS(700)).await;
+        assert_eq!(reports.wait_left("b", &silent()), None);
+        assert_eq!(reports.wait_left("c", &silent()), Some(MS(600)), "a write without the kubelet's word is no word");
     }
 
     #[tokio::test(start_paused = true)]
     async fn sessions_that_never_come_back_are_not_kept() {
         let reports = FirstReports::default();
         for uid in ["a", "b", "c"] {
-            reports.injected(uid);
+            reports.injected(uid, Some("node"));
         }
         reports.forget("a");
         assert_eq!(reports.len(), 2);
-        tokio::time::advance(WAIT).await;
-        reports.injected("d");
-        assert_eq!(reports.len(), 1, "an addition drops the waits that are over");
+        tokio::time::advance(LONGEST_WAIT).await;
+        reports.injected("d", Some("node"));
+        assert_eq!(reports.len(), 1, "an addition drops the records that are over");
     }
 }
