@@ -588,11 +588,14 @@ pub async fn run(
                 return Vec::new();
             }
             mapper_ctx.pods.saw(namespace, name, meta.resource_version.as_deref());
-            // Each as its reconcile would see it: with our own status writes, even before their echo.
+            // Each as its reconcile would see it: with our own status writes, even before their echo,
+            // and what a status held back for the kubelet's first word records.
             let as_reconciled = |listener: &ObjectRef<GuardedSession>| {
                 let object = mapper_ctx.sessions.get(listener)?;
                 let session = object.0.as_ref().ok()?;
-                Some(mapper_ctx.own.caught_up(session).unwrap_or_else(|| session.clone()))
+                let mut session = mapper_ctx.own.caught_up(session).unwrap_or_else(|| session.clone());
+                mapper_ctx.first_reports.hold_record(&mut session);
+                Some(session)
             };
             let wakes = mapper_ctx.wakes.wake(&pod, listening, as_reconciled);
             let counted = |outcome: &str, n: usize| {
@@ -737,6 +740,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let reads = reads_for(session, ctx.own.status_is_own(session));
     let mut inputs = read(ctx, &pods, &reads, false).await?;
     let mut current = session.clone();
+    ctx.first_reports.hold_record(&mut current);
     let all = ctx.sessions.state();
     let active = ActiveSessions::among(session, all.iter().filter_map(|o| o.0.as_ref().ok()));
     let mut decision = status::decide(&current, &inputs.observed(now, ctx, active));

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::crd::{ContainerState, DebugSessionStatus};
+use crate::crd::{ContainerState, DebugSession, DebugSessionStatus};
 use crate::status;
 
 /// How long a kubelet may be silent before "Injected" is written without its word.
@@ -39,6 +39,9 @@ struct Added {
     heard: bool,
     /// Its status was written without waiting any longer: it never waits again.
     released: bool,
+    /// The pod's ephemeral containers as its write left them, while the status
+    /// that records them is held back (see [`FirstReports::hold_record`]).
+    record: Vec<String>,
 }
 
 #[derive(Default)]
@@ -65,7 +68,13 @@ impl FirstReports {
         let mut records = self.records();
         records.added.retain(|_, added| added.at.elapsed() < LONGEST_WAIT);
         records.last_word.retain(|_, at| at.elapsed() < LONGEST_WAIT);
-        let added = Added { at: Instant::now(), node: node.map(str::to_string), heard: false, released: false };
+        let added = Added {
+            at: Instant::now(),
+            node: node.map(str::to_string),
+            heard: false,
+            released: false,
+            record: Vec::new(),
+        };
         records.added.insert(uid.to_string(), added);
     }
 
@@ -97,7 +106,28 @@ impl FirstReports {
             entry.released = true;
             return None;
         }
+        if entry.record.is_empty() {
+            entry.record.clone_from(&status.ephemeral_containers_at_injection);
+        }
         Some(left)
+    }
+
+    /// Gives `session` the record of the pod its write answered with
+    /// (`ephemeralContainersAtInjection`), while the status that carries it
+    /// waits here and the published one (the claim) has none. Its reconciles
+    /// and pod wakes then see what they would after that write: the record
+    /// stays as first taken, and the session is no longer woken by other
+    /// containers going in ([`crate::status::reads_only_own_containers`]).
+    pub fn hold_record(&self, session: &mut DebugSession) {
+        let Some(uid) = session.metadata.uid.as_deref() else { return };
+        let records = self.records();
+        let Some(record) = records.added.get(uid).map(|added| &added.record).filter(|r| !r.is_empty()) else {
+            return;
+        };
+        let status = session.status.get_or_insert_with(Default::default);
+        if status.ephemeral_containers_at_injection.is_empty() {
+            status.ephemeral_containers_at_injection.clone_from(record);
+        }
     }
 
     pub fn forget(&self, uid: &str) {
@@ -228,6 +258,46 @@ mod tests {
         tokio::time::advance(MS(700)).await;
         assert_eq!(reports.wait_left("b", &silent()), None);
         assert_eq!(reports.wait_left("c", &silent()), Some(MS(600)), "a write without the kubelet's word is no word");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_status_lends_its_record_of_the_pod_to_what_comes_next() {
+        let reports = FirstReports::default();
+        let mut session = DebugSession::new("s", Default::default());
+        session.metadata.uid = Some("uid".into());
+        let claim = DebugSessionStatus { phase: Some(Phase::Pending), ..Default::default() };
+        session.status = Some(claim.clone());
+        let record = vec!["kubectl-debug-x".to_string(), "debugger-a".to_string()];
+        let mut held = silent();
+        held.ephemeral_containers_at_injection.clone_from(&record);
+
+        reports.injected("uid", Some("node"));
+        let mut view = session.clone();
+        reports.hold_record(&mut view);
+        assert_eq!(view.status, session.status, "nothing held yet");
+
+        assert_eq!(reports.wait_left("uid", &held), Some(WAIT));
+        reports.hold_record(&mut view);
+        assert_eq!(view.status.as_ref().unwrap().ephemeral_containers_at_injection, record);
+        assert_eq!(view.status.as_ref().unwrap().phase, Some(Phase::Pending), "only the record");
+
+        let mut later = held.clone();
+        later.ephemeral_containers_at_injection.insert(0, "added-since".into());
+        assert_eq!(reports.wait_left("uid", &later), Some(WAIT));
+        let mut view = session.clone();
+        reports.hold_record(&mut view);
+        assert_eq!(view.status.unwrap().ephemeral_containers_at_injection, record, "the first record stays");
+
+        let mut published = session.clone();
+        published.status.as_mut().unwrap().ephemeral_containers_at_injection = vec!["debugger-a".into()];
+        let before = published.clone();
+        reports.hold_record(&mut published);
+        assert_eq!(published.status, before.status, "a published record is not replaced");
+
+        assert_eq!(reports.wait_left("uid", &running()), None);
+        let mut view = session.clone();
+        reports.hold_record(&mut view);
+        assert_eq!(view.status, session.status, "written: nothing held any more");
     }
 
     #[tokio::test(start_paused = true)]
