@@ -282,6 +282,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// `session` as its reconcile sees it: with our own status writes, even
+    /// before their echo, and the record of the pod that a status held back for
+    /// the kubelet's first word keeps. (A record is held only for an unfinished
+    /// session, and [`reads_for`] asks whether the status is our own only of
+    /// finished ones.)
+    fn as_reconciled(&self, session: &DebugSession) -> DebugSession {
+        let mut view = self.own.caught_up(session).unwrap_or_else(|| session.clone());
+        self.first_reports.hold_record(&mut view);
+        view
+    }
+
     pub fn new(client: Client, metrics: Arc<Metrics>, policy: Policy, sessions: Store<GuardedSession>) -> Arc<Self> {
         Arc::new(Self {
             policy,
@@ -588,14 +599,9 @@ pub async fn run(
                 return Vec::new();
             }
             mapper_ctx.pods.saw(namespace, name, meta.resource_version.as_deref());
-            // Each as its reconcile would see it: with our own status writes, even before their echo,
-            // and what a status held back for the kubelet's first word records.
             let as_reconciled = |listener: &ObjectRef<GuardedSession>| {
                 let object = mapper_ctx.sessions.get(listener)?;
-                let session = object.0.as_ref().ok()?;
-                let mut session = mapper_ctx.own.caught_up(session).unwrap_or_else(|| session.clone());
-                mapper_ctx.first_reports.hold_record(&mut session);
-                Some(session)
+                Some(mapper_ctx.as_reconciled(object.0.as_ref().ok()?))
             };
             let wakes = mapper_ctx.wakes.wake(&pod, listening, as_reconciled);
             let counted = |outcome: &str, n: usize| {
@@ -735,14 +741,11 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Timestamp::now();
 
-    let caught_up = ctx.own.caught_up(session);
-    let session = caught_up.as_ref().unwrap_or(session);
-    let reads = reads_for(session, ctx.own.status_is_own(session));
+    let mut current = ctx.as_reconciled(session);
+    let reads = reads_for(&current, ctx.own.status_is_own(&current));
     let mut inputs = read(ctx, &pods, &reads, false).await?;
-    let mut current = session.clone();
-    ctx.first_reports.hold_record(&mut current);
     let all = ctx.sessions.state();
-    let active = ActiveSessions::among(session, all.iter().filter_map(|o| o.0.as_ref().ok()));
+    let active = ActiveSessions::among(&current, all.iter().filter_map(|o| o.0.as_ref().ok()));
     let mut decision = status::decide(&current, &inputs.observed(now, ctx, active));
     let mut stale_pods = 0;
     let mut looked_again = false;
