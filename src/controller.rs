@@ -576,6 +576,7 @@ pub async fn run(
         futures::stream::unfold(resyncs, |mut resyncs| async move { resyncs.recv().await.map(|()| ((), resyncs)) })
             .flat_map(move |()| {
                 let listening = index_ctx.index.listening();
+                index_ctx.first_reports.news_for_all();
                 tracing::info!(
                     sessions = listening.len(),
                     "the pod watch started again from now; waking every session that listens to pods"
@@ -607,6 +608,13 @@ pub async fn run(
             let counted = |outcome: &str, n: usize| {
                 mapper_ctx.metrics.pod_event_wakes.with_label_values(&[outcome]).inc_by(n as u64);
             };
+            // What woke them may be the kubelet's word on a held status.
+            for woken in &wakes.woken {
+                if let Some(uid) = mapper_ctx.sessions.get(woken).and_then(|s| s.0.as_ref().ok()?.metadata.uid.clone())
+                {
+                    mapper_ctx.first_reports.news(&uid);
+                }
+            }
             counted("woken", wakes.woken.len());
             counted("unchanged", wakes.unchanged);
             wakes.woken
@@ -742,6 +750,10 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     let now = Timestamp::now();
 
     let mut current = ctx.as_reconciled(session);
+    // A status held back for the kubelet's first word, with no news since: nothing to read.
+    if let Some(left) = ctx.first_reports.quiet_recheck(&current) {
+        return Ok(Action::requeue(left));
+    }
     let reads = reads_for(&current, ctx.own.status_is_own(&current));
     let mut inputs = read(ctx, &pods, &reads, false).await?;
     let all = ctx.sessions.state();
@@ -753,9 +765,8 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
     loop {
         match std::mem::replace(&mut decision.next, Next::Wait) {
             Next::Wait => {
-                if let Some(uid) = &current.metadata.uid
-                    && let Some(left) = ctx.first_reports.wait_left(uid, &decision.status)
-                {
+                let due = status::requeue_after(&current, &decision.status, now);
+                if let Some(left) = ctx.first_reports.wait_left(&current, &decision.status, due) {
                     // The claim stands as the status until the kubelet starts the
                     // container, reports a problem, or the wait ends: then one write.
                     return Ok(Action::requeue(left));

@@ -15,6 +15,11 @@
 //! "Running". A kubelet that is stopped, or has no feature gate, says nothing,
 //! and "Injected" goes out after [`WAIT`]. However busy the kubelet, no status
 //! waits more than [`LONGEST_WAIT`].
+//!
+//! A held status is rechecked at least every [`WAIT`]. A recheck with no news
+//! (no pod change woke the session, the session itself is unchanged, and
+//! neither the wait nor the status's own deadline is over) reads nothing:
+//! under a busy kubelet, every recheck reading the pod added up.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,7 +27,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::crd::{ContainerState, DebugSession, DebugSessionStatus};
+use crate::crd::{DebugSession, DebugSessionStatus};
 use crate::status;
 
 /// How long a kubelet may be silent before "Injected" is written without its word.
@@ -42,6 +47,25 @@ struct Added {
     /// The pod's ephemeral containers as its write left them, while the status
     /// that records them is held back (see [`FirstReports::hold_record`]).
     record: Vec<String>,
+    /// Set while its status is held back; cleared by any news.
+    held: Option<Held>,
+}
+
+/// What a recheck of a held status compares against.
+struct Held {
+    /// The session's resourceVersion when its status was held back.
+    version: Option<String>,
+    /// When the held status's own deadline falls (a start timeout).
+    due: Option<Instant>,
+}
+
+impl Added {
+    /// When the wait for the kubelet's first word ends, given when each node's kubelet last spoke.
+    fn wait_ends(&self, last_word: &HashMap<String, Instant>) -> Instant {
+        let word = self.node.as_ref().and_then(|node| last_word.get(node));
+        let silent_since = word.map_or(self.at, |word| self.at.max(*word));
+        (silent_since + WAIT).min(self.at + LONGEST_WAIT)
+    }
 }
 
 #[derive(Default)]
@@ -74,19 +98,28 @@ impl FirstReports {
             heard: false,
             released: false,
             record: Vec::new(),
+            held: None,
         };
         records.added.insert(uid.to_string(), added);
     }
 
-    /// How much longer `status` may wait before it is written: some, while it
-    /// only adds that the container this process just added is in the pod and
-    /// on its way (see [`status::awaits_kubelet`]) and its node's kubelet has
-    /// not been silent for [`WAIT`].
-    pub fn wait_left(&self, uid: &str, status: &DebugSessionStatus) -> Option<Duration> {
+    /// How much longer `status`, decided for `session`, may wait before it is
+    /// written: some, while it only adds that the container this process just
+    /// added is in the pod and on its way (see [`status::awaits_kubelet`]) and
+    /// its node's kubelet has not been silent for [`WAIT`]. `due` is how long
+    /// until the status itself changes with time (its start timeout).
+    pub fn wait_left(
+        &self,
+        session: &DebugSession,
+        status: &DebugSessionStatus,
+        due: Option<Duration>,
+    ) -> Option<Duration> {
+        let uid = session.metadata.uid.as_deref()?;
         let mut records = self.records();
         let Records { added, last_word } = &mut *records;
         let entry = added.get_mut(uid)?;
-        if !entry.heard && kubelet_spoke(status) {
+        entry.held = None;
+        if !entry.heard && status::kubelet_spoke(status) {
             // Its first word on this container: the node's kubelet is at work.
             entry.heard = true;
             if let Some(node) = &entry.node {
@@ -97,10 +130,8 @@ impl FirstReports {
             added.remove(uid);
             return None;
         }
-        let word = entry.node.as_ref().and_then(|node| last_word.get(node));
-        let silent_since = word.map_or(entry.at, |word| entry.at.max(*word));
-        let deadline = (silent_since + WAIT).min(entry.at + LONGEST_WAIT);
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let left = entry.wait_ends(last_word).saturating_duration_since(now);
         if entry.released || left.is_zero() {
             // Written now; kept only to hear the kubelet's first word.
             entry.released = true;
@@ -109,7 +140,45 @@ impl FirstReports {
         if entry.record.is_empty() {
             entry.record.clone_from(&status.ephemeral_containers_at_injection);
         }
+        entry.held = Some(Held { version: session.metadata.resource_version.clone(), due: due.map(|d| now + d) });
         Some(left)
+    }
+
+    /// How long until `session`'s held status must be looked at again, when
+    /// nothing can have changed it since it was held: no news of its pod
+    /// ([`Self::news`]), the same session version, and neither the wait nor
+    /// the status's own deadline over. `None`: reconcile as usual.
+    pub fn quiet_recheck(&self, session: &DebugSession) -> Option<Duration> {
+        let uid = session.metadata.uid.as_deref()?;
+        let mut records = self.records();
+        let Records { added, last_word } = &mut *records;
+        let entry = added.get_mut(uid)?;
+        let held = entry.held.take()?;
+        if held.version != session.metadata.resource_version {
+            return None;
+        }
+        let now = Instant::now();
+        let ends = held.due.map_or(entry.wait_ends(last_word), |due| due.min(entry.wait_ends(last_word)));
+        let left = ends.saturating_duration_since(now);
+        if left.is_zero() {
+            return None;
+        }
+        entry.held = Some(held);
+        Some(left)
+    }
+
+    /// The session with `uid` was woken by a change of its pod: its next reconcile reads.
+    pub fn news(&self, uid: &str) {
+        if let Some(entry) = self.records().added.get_mut(uid) {
+            entry.held = None;
+        }
+    }
+
+    /// Every pod may have changed unseen (the pod watch started again).
+    pub fn news_for_all(&self) {
+        for entry in self.records().added.values_mut() {
+            entry.held = None;
+        }
     }
 
     /// Gives `session` the record of the pod its write answered with
@@ -144,17 +213,10 @@ impl FirstReports {
     }
 }
 
-/// Whether the kubelet has reported on the current attempt's container: any
-/// state, ContainerCreating included.
-fn kubelet_spoke(status: &DebugSessionStatus) -> bool {
-    status.targets.is_empty()
-        && status.containers.iter().any(|r| r.attempt == status.attempt && r.state != ContainerState::Unknown)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DebugContainerStatus, Phase};
+    use crate::crd::{ContainerState, DebugContainerStatus, Phase};
 
     fn status(phase: Phase, state: ContainerState, reason: Option<&str>) -> DebugSessionStatus {
         DebugSessionStatus {
@@ -175,40 +237,52 @@ mod tests {
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
+    fn session(uid: &str, version: &str) -> DebugSession {
+        let mut session = DebugSession::new("s", Default::default());
+        session.metadata.uid = Some(uid.into());
+        session.metadata.resource_version = Some(version.into());
+        session
+    }
+
+    /// The wait left for `status` of the session with `uid`, with no deadline of its own.
+    fn left(reports: &FirstReports, uid: &str, status: &DebugSessionStatus) -> Option<Duration> {
+        reports.wait_left(&session(uid, "1"), status, None)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn waits_only_for_the_kubelets_first_word_and_never_long() {
         let reports = FirstReports::default();
-        assert_eq!(reports.wait_left("uid", &silent()), None, "nothing added here: write at once");
+        assert_eq!(left(&reports, "uid", &silent()), None, "nothing added here: write at once");
 
         reports.injected("uid", Some("node"));
-        assert_eq!(reports.wait_left("uid", &silent()), Some(WAIT));
+        assert_eq!(left(&reports, "uid", &silent()), Some(WAIT));
         tokio::time::advance(MS(500)).await;
-        assert_eq!(reports.wait_left("uid", &silent()), Some(WAIT - MS(500)));
+        assert_eq!(left(&reports, "uid", &silent()), Some(WAIT - MS(500)));
 
         let creating = status(Phase::Injected, ContainerState::Waiting, Some("ContainerCreating"));
         assert_eq!(
-            reports.wait_left("uid", &creating),
+            left(&reports, "uid", &creating),
             Some(WAIT),
             "creating it is the kubelet's routine, and its word: wait on"
         );
         tokio::time::advance(MS(500)).await;
         assert_eq!(
-            reports.wait_left("uid", &creating),
+            left(&reports, "uid", &creating),
             Some(WAIT - MS(500)),
             "the same word, heard again, is no new word"
         );
         let cannot_pull = status(Phase::Injected, ContainerState::Waiting, Some("ErrImagePull"));
-        assert_eq!(reports.wait_left("uid", &cannot_pull), None, "the kubelet reports a problem: write");
+        assert_eq!(left(&reports, "uid", &cannot_pull), None, "the kubelet reports a problem: write");
         assert!(reports.is_empty(), "a problem ends the wait for good");
-        assert_eq!(reports.wait_left("uid", &silent()), None);
+        assert_eq!(left(&reports, "uid", &silent()), None);
 
         reports.injected("uid", Some("node"));
         tokio::time::advance(WAIT).await;
-        assert_eq!(reports.wait_left("uid", &silent()), None, "the kubelet stayed silent: write");
+        assert_eq!(left(&reports, "uid", &silent()), None, "the kubelet stayed silent: write");
         assert_eq!(reports.len(), 1, "kept to hear the kubelet's first word");
         tokio::time::advance(MS(500)).await;
-        assert_eq!(reports.wait_left("uid", &creating), None, "written once without waiting, never waits again");
-        assert_eq!(reports.wait_left("uid", &running()), None);
+        assert_eq!(left(&reports, "uid", &creating), None, "written once without waiting, never waits again");
+        assert_eq!(left(&reports, "uid", &running()), None);
         assert!(reports.is_empty(), "its start ends the record");
     }
 
@@ -221,12 +295,12 @@ mod tests {
         reports.injected("elsewhere", Some("quiet"));
         reports.injected("unscheduled", None);
         tokio::time::advance(MS(1500)).await;
-        assert_eq!(reports.wait_left("first", &running()), None, "started: write");
+        assert_eq!(left(&reports, "first", &running()), None, "started: write");
 
         tokio::time::advance(MS(1000)).await;
-        assert_eq!(reports.wait_left("queued", &silent()), Some(MS(1000)), "its kubelet spoke 1 s ago");
-        assert_eq!(reports.wait_left("elsewhere", &silent()), None, "another node's kubelet says nothing on it");
-        assert_eq!(reports.wait_left("unscheduled", &silent()), None, "no node, no kubelet to hear");
+        assert_eq!(left(&reports, "queued", &silent()), Some(MS(1000)), "its kubelet spoke 1 s ago");
+        assert_eq!(left(&reports, "elsewhere", &silent()), None, "another node's kubelet says nothing on it");
+        assert_eq!(left(&reports, "unscheduled", &silent()), None, "no node, no kubelet to hear");
 
         // The kubelet keeps starting others, each within WAIT of the last.
         let mut waited = MS(2500);
@@ -235,15 +309,15 @@ mod tests {
             reports.injected(&other, Some("busy"));
             tokio::time::advance(MS(1500)).await;
             waited += MS(1500);
-            assert_eq!(reports.wait_left(&other, &running()), None);
-            let left = reports.wait_left("queued", &silent());
+            assert_eq!(left(&reports, &other, &running()), None);
+            let left = left(&reports, "queued", &silent());
             if waited >= LONGEST_WAIT {
                 assert_eq!(left, None, "however busy the kubelet, the wait ends");
                 break;
             }
             assert_eq!(left, Some(WAIT.min(LONGEST_WAIT - waited)), "at {waited:?}");
         }
-        assert_eq!(reports.wait_left("queued", &silent()), None);
+        assert_eq!(left(&reports, "queued", &silent()), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -253,11 +327,11 @@ mod tests {
             reports.injected(uid, Some("stopped"));
             tokio::time::advance(MS(700)).await;
         }
-        assert_eq!(reports.wait_left("a", &silent()), None, "2.1 s of silence");
-        assert_eq!(reports.wait_left("b", &silent()), Some(MS(600)));
+        assert_eq!(left(&reports, "a", &silent()), None, "2.1 s of silence");
+        assert_eq!(left(&reports, "b", &silent()), Some(MS(600)));
         tokio::time::advance(MS(700)).await;
-        assert_eq!(reports.wait_left("b", &silent()), None);
-        assert_eq!(reports.wait_left("c", &silent()), Some(MS(600)), "a write without the kubelet's word is no word");
+        assert_eq!(left(&reports, "b", &silent()), None);
+        assert_eq!(left(&reports, "c", &silent()), Some(MS(600)), "a write without the kubelet's word is no word");
     }
 
     #[tokio::test(start_paused = true)]
@@ -276,14 +350,14 @@ mod tests {
         reports.hold_record(&mut view);
         assert_eq!(view.status, session.status, "nothing held yet");
 
-        assert_eq!(reports.wait_left("uid", &held), Some(WAIT));
+        assert_eq!(left(&reports, "uid", &held), Some(WAIT));
         reports.hold_record(&mut view);
         assert_eq!(view.status.as_ref().unwrap().ephemeral_containers_at_injection, record);
         assert_eq!(view.status.as_ref().unwrap().phase, Some(Phase::Pending), "only the record");
 
         let mut later = held.clone();
         later.ephemeral_containers_at_injection.insert(0, "added-since".into());
-        assert_eq!(reports.wait_left("uid", &later), Some(WAIT));
+        assert_eq!(left(&reports, "uid", &later), Some(WAIT));
         let mut view = session.clone();
         reports.hold_record(&mut view);
         assert_eq!(view.status.unwrap().ephemeral_containers_at_injection, record, "the first record stays");
@@ -294,10 +368,42 @@ mod tests {
         reports.hold_record(&mut published);
         assert_eq!(published.status, before.status, "a published record is not replaced");
 
-        assert_eq!(reports.wait_left("uid", &running()), None);
+        assert_eq!(left(&reports, "uid", &running()), None);
         let mut view = session.clone();
         reports.hold_record(&mut view);
         assert_eq!(view.status, session.status, "written: nothing held any more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recheck_with_no_news_reads_nothing_until_a_deadline() {
+        let reports = FirstReports::default();
+        let (v1, v2) = (session("uid", "1"), session("uid", "2"));
+        assert_eq!(reports.quiet_recheck(&v1), None, "nothing added: reconcile");
+        reports.injected("uid", Some("node"));
+        assert_eq!(reports.quiet_recheck(&v1), None, "nothing held yet");
+
+        assert_eq!(reports.wait_left(&v1, &silent(), None), Some(WAIT));
+        tokio::time::advance(MS(500)).await;
+        assert_eq!(reports.quiet_recheck(&v1), Some(WAIT - MS(500)), "no news: wait on");
+        assert_eq!(reports.quiet_recheck(&v1), Some(WAIT - MS(500)), "still none");
+        assert_eq!(reports.quiet_recheck(&v2), None, "the session changed");
+        assert_eq!(reports.quiet_recheck(&v1), None, "a full reconcile holds it again, or not");
+
+        assert_eq!(reports.wait_left(&v1, &silent(), None), Some(WAIT - MS(500)));
+        reports.news("uid");
+        assert_eq!(reports.quiet_recheck(&v1), None, "its pod changed");
+        assert_eq!(reports.wait_left(&v1, &silent(), None), Some(WAIT - MS(500)));
+        reports.news_for_all();
+        assert_eq!(reports.quiet_recheck(&v1), None, "every pod may have changed");
+
+        assert_eq!(reports.wait_left(&v1, &silent(), Some(MS(300))), Some(WAIT - MS(500)));
+        assert_eq!(reports.quiet_recheck(&v1), Some(MS(300)), "the start timeout comes first");
+        tokio::time::advance(MS(300)).await;
+        assert_eq!(reports.quiet_recheck(&v1), None, "the start timeout is due: reconcile");
+
+        assert_eq!(reports.wait_left(&v1, &silent(), Some(LONGEST_WAIT)), Some(WAIT - MS(800)));
+        tokio::time::advance(WAIT).await;
+        assert_eq!(reports.quiet_recheck(&v1), None, "the kubelet stayed silent: reconcile and write");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1028,6 +1028,13 @@ pub fn awaits_kubelet(status: &DebugSessionStatus) -> bool {
         && status.containers.iter().any(|r| r.attempt == status.attempt && on_its_way(r))
 }
 
+/// Whether the kubelet has reported on the current attempt's container: any
+/// state, ContainerCreating included. (Sessions on one pod only.)
+pub fn kubelet_spoke(status: &DebugSessionStatus) -> bool {
+    status.targets.is_empty()
+        && status.containers.iter().any(|r| r.attempt == status.attempt && r.state != ContainerState::Unknown)
+}
+
 /// Whether `new` tells nothing beyond `published` but that the kubelet has
 /// begun creating the container `published` already says is in the pod, on
 /// its way: routine, not worth a write of its own. It is written with the
