@@ -142,6 +142,25 @@ fn running_in(pod: &Pod, container: &str) -> bool {
         .is_some_and(|s| s.running.is_some())
 }
 
+/// What the kubelet says of `container` in `pod`, and the last lines of the node's
+/// logs that name it: why a container ended that should run.
+fn kubelet_account(pod: &Pod, container: &str) -> String {
+    let state = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.ephemeral_container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == container))
+        .map(|c| serde_json::to_string(&c.state).unwrap_or_default());
+    let logs = crate::common::cluster_dir().join("logs");
+    let mut lines = Vec::new();
+    for log in ["kubelet.log", "containerd.log"] {
+        let text = std::fs::read_to_string(logs.join(log)).unwrap_or_default();
+        let naming: Vec<&str> = text.lines().filter(|l| l.contains(container)).collect();
+        lines.extend(naming[naming.len().saturating_sub(6)..].iter().map(|l| format!("  {log}: {l}")));
+    }
+    format!("the kubelet says {state:?} of {container} in {}\n{}", pod.name_any(), lines.join("\n"))
+}
+
 /// Counts the namespace's sessions and their containers in every pod of it.
 pub async fn census(env: &TestEnv, want: impl Fn(&DebugSession) -> Want) -> Census {
     census_retiring(env, &HashSet::new(), want).await
@@ -200,7 +219,10 @@ pub async fn census_retiring(env: &TestEnv, retired: &HashSet<String>, want: imp
             census.waiting_for_kubelet += 1;
         }
         if status.phase != Some(wanted.phase) || status.reason != wanted.reason {
-            problem = Some(format!("{:?}/{:?}: {:?}", status.phase, status.reason, status.message));
+            // A container that ended when it should run: the node's word on why (read only then, logs are long).
+            let ended = status.phase == Some(Phase::Terminated) && wanted.phase == Phase::Running;
+            let account = places.first().filter(|_| ended).map(|(pod, c)| kubelet_account(pod, c)).unwrap_or_default();
+            problem = Some(format!("{:?}/{:?}: {:?}; {account}", status.phase, status.reason, status.message));
         } else if let Some((pod, container)) = places.first() {
             if status.container_name.as_deref() != Some(container) || status.pod_name != pod.metadata.name {
                 problem = Some(format!(
