@@ -751,9 +751,10 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
 
     let mut current = ctx.as_reconciled(session);
     // A status held back for the kubelet's first word, with no news since: nothing to read.
-    if let Some(left) = ctx.first_reports.quiet_recheck(&current) {
-        return Ok(Action::requeue(left));
-    }
+    let began = match ctx.first_reports.quiet_recheck(&current) {
+        Ok(left) => return Ok(Action::requeue(left)),
+        Err(began) => began,
+    };
     let reads = reads_for(&current, ctx.own.status_is_own(&current));
     let mut inputs = read(ctx, &pods, &reads, false).await?;
     let all = ctx.sessions.state();
@@ -766,7 +767,7 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
         match std::mem::replace(&mut decision.next, Next::Wait) {
             Next::Wait => {
                 let due = status::requeue_after(&current, &decision.status, now);
-                if let Some(left) = ctx.first_reports.wait_left(&current, &decision.status, due) {
+                if let Some(left) = ctx.first_reports.wait_left(&current, &decision.status, due, began) {
                     // The claim stands as the status until the kubelet starts the
                     // container, reports a problem, or the wait ends: then one write.
                     return Ok(Action::requeue(left));

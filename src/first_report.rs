@@ -47,8 +47,10 @@ struct Added {
     /// The pod's ephemeral containers as its write left them, while the status
     /// that records them is held back (see [`FirstReports::hold_record`]).
     record: Vec<String>,
-    /// Set while its status is held back; cleared by any news.
+    /// Set while its status is held back.
     held: Option<Held>,
+    /// When (by [`Records::clock`]) a change of its pod last woke the session.
+    last_news: u64,
 }
 
 /// What a recheck of a held status compares against.
@@ -57,7 +59,14 @@ struct Held {
     version: Option<String>,
     /// When the held status's own deadline falls (a start timeout).
     due: Option<Instant>,
+    /// Where [`Records::clock`] stood when the reconcile that held it began:
+    /// news after that is news it did not read.
+    began: u64,
 }
+
+/// Where the news clock stood when a reconcile began (see [`FirstReports::quiet_recheck`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Began(u64);
 
 impl Added {
     /// When the wait for the kubelet's first word ends, given when each node's kubelet last spoke.
@@ -74,6 +83,8 @@ struct Records {
     added: HashMap<String, Added>,
     /// By node: when its kubelet last gave its first word on a container added here.
     last_word: HashMap<String, Instant>,
+    /// Counts the pod changes that woke sessions, to order news and reconciles.
+    clock: u64,
 }
 
 /// When each session's container was added and what the kubelets have said since.
@@ -99,7 +110,10 @@ impl FirstReports {
             released: false,
             record: Vec::new(),
             held: None,
+            // The addition is news to a reconcile that began before it.
+            last_news: records.clock + 1,
         };
+        records.clock += 1;
         records.added.insert(uid.to_string(), added);
     }
 
@@ -107,16 +121,18 @@ impl FirstReports {
     /// written: some, while it only adds that the container this process just
     /// added is in the pod and on its way (see [`status::awaits_kubelet`]) and
     /// its node's kubelet has not been silent for [`WAIT`]. `due` is how long
-    /// until the status itself changes with time (its start timeout).
+    /// until the status itself changes with time (its start timeout), and
+    /// `began` what [`Self::quiet_recheck`] said when the reconcile began.
     pub fn wait_left(
         &self,
         session: &DebugSession,
         status: &DebugSessionStatus,
         due: Option<Duration>,
+        began: Began,
     ) -> Option<Duration> {
         let uid = session.metadata.uid.as_deref()?;
         let mut records = self.records();
-        let Records { added, last_word } = &mut *records;
+        let Records { added, last_word, .. } = &mut *records;
         let entry = added.get_mut(uid)?;
         entry.held = None;
         if !entry.heard && status::kubelet_spoke(status) {
@@ -140,44 +156,53 @@ impl FirstReports {
         if entry.record.is_empty() {
             entry.record.clone_from(&status.ephemeral_containers_at_injection);
         }
-        entry.held = Some(Held { version: session.metadata.resource_version.clone(), due: due.map(|d| now + d) });
+        let version = session.metadata.resource_version.clone();
+        entry.held = Some(Held { version, due: due.map(|d| now + d), began: began.0 });
         Some(left)
     }
 
     /// How long until `session`'s held status must be looked at again, when
-    /// nothing can have changed it since it was held: no news of its pod
-    /// ([`Self::news`]), the same session version, and neither the wait nor
-    /// the status's own deadline over. `None`: reconcile as usual.
-    pub fn quiet_recheck(&self, session: &DebugSession) -> Option<Duration> {
-        let uid = session.metadata.uid.as_deref()?;
+    /// nothing can have changed it since the reconcile that held it began: no
+    /// news of its pod ([`Self::news`]), the same session version, and neither
+    /// the wait nor the status's own deadline over. `Err`: reconcile as usual,
+    /// and pass what it says to [`Self::wait_left`].
+    pub fn quiet_recheck(&self, session: &DebugSession) -> Result<Duration, Began> {
         let mut records = self.records();
-        let Records { added, last_word } = &mut *records;
-        let entry = added.get_mut(uid)?;
-        let held = entry.held.take()?;
-        if held.version != session.metadata.resource_version {
-            return None;
+        let Records { added, last_word, clock } = &mut *records;
+        let began = Began(*clock);
+        let Some(entry) = session.metadata.uid.as_deref().and_then(|uid| added.get_mut(uid)) else {
+            return Err(began);
+        };
+        let Some(held) = entry.held.take() else { return Err(began) };
+        if held.version != session.metadata.resource_version || entry.last_news > held.began {
+            return Err(began);
         }
-        let now = Instant::now();
-        let ends = held.due.map_or(entry.wait_ends(last_word), |due| due.min(entry.wait_ends(last_word)));
-        let left = ends.saturating_duration_since(now);
+        let wait_ends = entry.wait_ends(last_word);
+        let left = held.due.map_or(wait_ends, |due| due.min(wait_ends)).saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return None;
+            return Err(began);
         }
         entry.held = Some(held);
-        Some(left)
+        Ok(left)
     }
 
     /// The session with `uid` was woken by a change of its pod: its next reconcile reads.
     pub fn news(&self, uid: &str) {
-        if let Some(entry) = self.records().added.get_mut(uid) {
-            entry.held = None;
+        let mut records = self.records();
+        records.clock += 1;
+        let clock = records.clock;
+        if let Some(entry) = records.added.get_mut(uid) {
+            entry.last_news = clock;
         }
     }
 
     /// Every pod may have changed unseen (the pod watch started again).
     pub fn news_for_all(&self) {
-        for entry in self.records().added.values_mut() {
-            entry.held = None;
+        let mut records = self.records();
+        records.clock += 1;
+        let clock = records.clock;
+        for entry in records.added.values_mut() {
+            entry.last_news = clock;
         }
     }
 
@@ -246,7 +271,8 @@ mod tests {
 
     /// The wait left for `status` of the session with `uid`, with no deadline of its own.
     fn left(reports: &FirstReports, uid: &str, status: &DebugSessionStatus) -> Option<Duration> {
-        reports.wait_left(&session(uid, "1"), status, None)
+        let began = Began(reports.records().clock);
+        reports.wait_left(&session(uid, "1"), status, None, began)
     }
 
     #[tokio::test(start_paused = true)]
@@ -378,32 +404,49 @@ mod tests {
     async fn a_recheck_with_no_news_reads_nothing_until_a_deadline() {
         let reports = FirstReports::default();
         let (v1, v2) = (session("uid", "1"), session("uid", "2"));
-        assert_eq!(reports.quiet_recheck(&v1), None, "nothing added: reconcile");
+        // A full reconcile that begins now, and what it decides.
+        let reconcile = |session: &DebugSession, due| {
+            let began = Began(reports.records().clock);
+            reports.wait_left(session, &silent(), due, began)
+        };
+        assert!(reports.quiet_recheck(&v1).is_err(), "nothing added: reconcile");
+        let began = reports.quiet_recheck(&v1).unwrap_err();
         reports.injected("uid", Some("node"));
-        assert_eq!(reports.quiet_recheck(&v1), None, "nothing held yet");
+        assert_eq!(reports.wait_left(&v1, &silent(), None, began), Some(WAIT), "held by the reconcile that added it");
+        assert!(reports.quiet_recheck(&v1).is_err(), "which began before the addition: read once more");
 
-        assert_eq!(reports.wait_left(&v1, &silent(), None), Some(WAIT));
+        assert_eq!(reconcile(&v1, None), Some(WAIT));
         tokio::time::advance(MS(500)).await;
-        assert_eq!(reports.quiet_recheck(&v1), Some(WAIT - MS(500)), "no news: wait on");
-        assert_eq!(reports.quiet_recheck(&v1), Some(WAIT - MS(500)), "still none");
-        assert_eq!(reports.quiet_recheck(&v2), None, "the session changed");
-        assert_eq!(reports.quiet_recheck(&v1), None, "a full reconcile holds it again, or not");
+        assert_eq!(reports.quiet_recheck(&v1), Ok(WAIT - MS(500)), "no news: wait on");
+        assert_eq!(reports.quiet_recheck(&v1), Ok(WAIT - MS(500)), "still none");
+        assert!(reports.quiet_recheck(&v2).is_err(), "the session changed");
+        assert!(reports.quiet_recheck(&v1).is_err(), "a full reconcile holds it again, or not");
 
-        assert_eq!(reports.wait_left(&v1, &silent(), None), Some(WAIT - MS(500)));
+        assert_eq!(reconcile(&v1, None), Some(WAIT - MS(500)));
         reports.news("uid");
-        assert_eq!(reports.quiet_recheck(&v1), None, "its pod changed");
-        assert_eq!(reports.wait_left(&v1, &silent(), None), Some(WAIT - MS(500)));
+        assert!(reports.quiet_recheck(&v1).is_err(), "its pod changed");
+        assert_eq!(reconcile(&v1, None), Some(WAIT - MS(500)));
         reports.news_for_all();
-        assert_eq!(reports.quiet_recheck(&v1), None, "every pod may have changed");
+        assert!(reports.quiet_recheck(&v1).is_err(), "every pod may have changed");
 
-        assert_eq!(reports.wait_left(&v1, &silent(), Some(MS(300))), Some(WAIT - MS(500)));
-        assert_eq!(reports.quiet_recheck(&v1), Some(MS(300)), "the start timeout comes first");
+        // News while a reconcile runs, after its read: that reconcile's hold does not hide it.
+        let began = reports.quiet_recheck(&v1).unwrap_err();
+        reports.news("uid");
+        assert_eq!(reports.wait_left(&v1, &silent(), None, began), Some(WAIT - MS(500)));
+        assert!(reports.quiet_recheck(&v1).is_err(), "the news came after its read");
+        reports.news("other-uid");
+        assert_eq!(reconcile(&v1, None), Some(WAIT - MS(500)));
+        reports.news("other-uid");
+        assert!(reports.quiet_recheck(&v1).is_ok(), "another session's news is none of its own");
+
+        assert_eq!(reconcile(&v1, Some(MS(300))), Some(WAIT - MS(500)));
+        assert_eq!(reports.quiet_recheck(&v1), Ok(MS(300)), "the start timeout comes first");
         tokio::time::advance(MS(300)).await;
-        assert_eq!(reports.quiet_recheck(&v1), None, "the start timeout is due: reconcile");
+        assert!(reports.quiet_recheck(&v1).is_err(), "the start timeout is due: reconcile");
 
-        assert_eq!(reports.wait_left(&v1, &silent(), Some(LONGEST_WAIT)), Some(WAIT - MS(800)));
+        assert_eq!(reconcile(&v1, Some(LONGEST_WAIT)), Some(WAIT - MS(800)));
         tokio::time::advance(WAIT).await;
-        assert_eq!(reports.quiet_recheck(&v1), None, "the kubelet stayed silent: reconcile and write");
+        assert!(reports.quiet_recheck(&v1).is_err(), "the kubelet stayed silent: reconcile and write");
     }
 
     #[tokio::test(start_paused = true)]
