@@ -569,16 +569,18 @@ fn borne_out(pod: &Pod, own: &str, recorded: &[String]) -> bool {
 /// statuses). So it is once the current attempt's container is in the pod and
 /// the record of the containers before it is borne out: other containers only
 /// matter for naming and sizing a container yet to be added, and for that
-/// record while it is not. A `mode: All` session weighs the other pods too, so
-/// it is never one of these.
+/// record while it is not. A `mode: All` session keeps no such record (its
+/// rows do not), so for it the container in the pod is enough; what it weighs
+/// of its other pods comes with their own changes.
 pub fn reads_only_own_containers<'a>(session: &DebugSession, pod: &'a Pod) -> Option<Vec<&'a EphemeralContainer>> {
-    if session.spec.target.mode == TargetMode::All || session.metadata.deletion_timestamp.is_some() {
+    if session.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let marked = marked_containers(session, pod);
     let current = marked.iter().find(|m| m.attempt == session.spec.attempt)?;
+    let fan_out = session.spec.target.mode == TargetMode::All;
     let recorded = session.status.as_ref().map(|s| s.ephemeral_containers_at_injection.as_slice()).unwrap_or_default();
-    borne_out(pod, &current.container.name, recorded).then(|| marked.iter().map(|m| m.container).collect())
+    (fan_out || borne_out(pod, &current.container.name, recorded)).then(|| marked.iter().map(|m| m.container).collect())
 }
 
 /// Checks what was read against the spec. The previous status only names the

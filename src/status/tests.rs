@@ -967,7 +967,7 @@ fn once_its_container_is_in_the_pod_a_session_reads_only_its_own() {
     let injected_silent = borne_out(Phase::Injected, vec![record(own, 0, ContainerState::Unknown)]);
     let is_running = borne_out(Phase::Running, vec![record(own, 0, ContainerState::Running)]);
     #[rustfmt::skip]
-    let cases: [(&str, DebugSession, Pod, bool); 9] = [
+    let cases: [(&str, DebugSession, Pod, bool); 8] = [
         ("the claim stands, the container is in", session(0, Some(claim.clone())), pod("Running", &[(own, None)]), true),
         ("waiting for the kubelet", session(0, Some(injected_silent.clone())), pod("Running", &[(own, waiting("ContainerCreating", None))]), true),
         ("running", session(0, Some(is_running.clone())), pod("Running", &[(own, running())]), true),
@@ -978,8 +978,6 @@ fn once_its_container_is_in_the_pod_a_session_reads_only_its_own() {
         ("a record that the pod belies", session(0, Some(DebugSessionStatus {
             ephemeral_containers_at_injection: vec!["gone".into(), own.into()], ..is_running.clone() })),
             pod("Running", &[(own, running())]), false),
-        ("a fan-out", session_for(serde_json::json!({ "selector": { "matchLabels": { "app": "web" } }, "mode": "All" }), 0,
-            Some(is_running.clone())), pod("Running", &[(own, running())]), false),
     ];
     for (case, session, pod, only_own) in cases {
         assert_eq!(reads_only_own_containers(&session, &pod).is_some(), only_own, "{case}");
@@ -994,4 +992,39 @@ fn once_its_container_is_in_the_pod_a_session_reads_only_its_own() {
         }
         assert!(reads_only_own_containers(&session, &with_others_containers(&pod)).is_some(), "{case}");
     }
+}
+
+#[test]
+fn once_its_container_is_in_a_pod_a_fan_out_reads_only_its_own_there() {
+    let own = "debugger-abcde";
+    let rows = |phase| DebugSessionStatus {
+        targets: ["web-a", "web-b"]
+            .map(|p| DebugTargetStatus {
+                pod_name: p.into(),
+                pod_uid: Some(format!("{p}-uid")),
+                phase: Some(phase),
+                ..Default::default()
+            })
+            .to_vec(),
+        ..Default::default()
+    };
+    let web_a = named_pod("web-a", "Running", &[(own, running())]);
+    let others = [
+        named_pod("web-b", "Running", &[(own, waiting("ContainerCreating", None))]),
+        named_pod("web-new", "Running", &[]),
+    ];
+    for (case, session) in [
+        ("claimed", fan_out_session(0, 5, Some(rows(Phase::Pending)))),
+        ("running", fan_out_session(0, 5, Some(rows(Phase::Running)))),
+    ] {
+        assert!(reads_only_own_containers(&session, &web_a).is_some(), "{case}");
+        assert!(reads_only_own_containers(&session, &others[1]).is_none(), "{case}: none of its containers there");
+        // The contract: other containers in web-a change nothing that is decided.
+        let alone: Vec<Pod> = [web_a.clone()].into_iter().chain(others.iter().cloned()).collect();
+        let among_others: Vec<Pod> =
+            [with_others_containers(&web_a)].into_iter().chain(others.iter().cloned()).collect();
+        assert_eq!(decide_fan(&session, &alone), decide_fan(&session, &among_others), "{case}");
+    }
+    let raised = fan_out_session(1, 5, Some(rows(Phase::Running)));
+    assert!(reads_only_own_containers(&raised, &web_a).is_none(), "the raised attempt's container is not in yet");
 }
