@@ -895,9 +895,6 @@ async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Acti
                 let mut stale = false;
                 for injection in &injections {
                     let pod_name = injection.pod.metadata.name.clone().unwrap_or_default();
-                    if let Some(uid) = &current.metadata.uid {
-                        ctx.first_reports.adding(uid);
-                    }
                     match ctx.injector.add(shape, &injection.pod, &injection.container).await {
                         Ok(updated) => {
                             ctx.metrics.injections.with_label_values(&["injected"]).inc();

@@ -19,9 +19,7 @@
 //! A held status is rechecked at least every [`WAIT`]. A recheck with no news
 //! (no pod change woke the session, the session itself is unchanged, and
 //! neither the wait nor the status's own deadline is over) reads nothing:
-//! under a busy kubelet, every recheck reading the pod added up. A pod change
-//! while the container is being added is news too: the pod the write answered
-//! with may be older than it.
+//! under a busy kubelet, every recheck reading the pod added up.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -87,15 +85,6 @@ struct Records {
     last_word: HashMap<String, Instant>,
     /// Counts the pod changes that woke sessions, to order news and reconciles.
     clock: u64,
-    /// By session UID: containers being added, and the news of their pods since.
-    adding: HashMap<String, Adding>,
-}
-
-/// A container whose write is under way.
-struct Adding {
-    since: Instant,
-    /// When (by [`Records::clock`]) a change of its pod last woke the session; 0: none yet.
-    last_news: u64,
 }
 
 /// When each session's container was added and what the kubelets have said since.
@@ -109,31 +98,11 @@ impl FirstReports {
         self.records.lock().expect("first reports lock")
     }
 
-    /// The session with `uid` is about to add its container: news of its pod
-    /// from now on is kept for [`Self::injected`].
-    pub fn adding(&self, uid: &str) {
-        let mut records = self.records();
-        records.adding.retain(|_, adding| adding.since.elapsed() < LONGEST_WAIT);
-        records.adding.insert(uid.to_string(), Adding { since: Instant::now(), last_news: 0 });
-    }
-
     /// The session with `uid` just had its container added, to a pod on `node`.
     pub fn injected(&self, uid: &str, node: Option<&str>) {
         let mut records = self.records();
         records.added.retain(|_, added| added.at.elapsed() < LONGEST_WAIT);
         records.last_word.retain(|_, at| at.elapsed() < LONGEST_WAIT);
-        // A pod change during the write is news to the reconcile that made it:
-        // the pod it answered with may be older. Unknown (not announced by
-        // `adding`): assume there was some.
-        let during_write = match records.adding.remove(uid) {
-            Some(adding) => adding.last_news,
-            None => {
-                records.clock += 1;
-                records.clock
-            }
-        };
-        // Another pod's addition by the same reconcile (a fan-out) keeps its news.
-        let last_news = records.added.get(uid).map_or(during_write, |earlier| earlier.last_news.max(during_write));
         let added = Added {
             at: Instant::now(),
             node: node.map(str::to_string),
@@ -141,8 +110,10 @@ impl FirstReports {
             released: false,
             record: Vec::new(),
             held: None,
-            last_news,
+            // The addition is news to a reconcile that began before it.
+            last_news: records.clock + 1,
         };
+        records.clock += 1;
         records.added.insert(uid.to_string(), added);
     }
 
@@ -197,7 +168,7 @@ impl FirstReports {
     /// and pass what it says to [`Self::wait_left`].
     pub fn quiet_recheck(&self, session: &DebugSession) -> Result<Duration, Began> {
         let mut records = self.records();
-        let Records { added, last_word, clock, .. } = &mut *records;
+        let Records { added, last_word, clock } = &mut *records;
         let began = Began(*clock);
         let Some(entry) = session.metadata.uid.as_deref().and_then(|uid| added.get_mut(uid)) else {
             return Err(began);
@@ -223,9 +194,6 @@ impl FirstReports {
         if let Some(entry) = records.added.get_mut(uid) {
             entry.last_news = clock;
         }
-        if let Some(adding) = records.adding.get_mut(uid) {
-            adding.last_news = clock;
-        }
     }
 
     /// Every pod may have changed unseen (the pod watch started again).
@@ -235,9 +203,6 @@ impl FirstReports {
         let clock = records.clock;
         for entry in records.added.values_mut() {
             entry.last_news = clock;
-        }
-        for adding in records.adding.values_mut() {
-            adding.last_news = clock;
         }
     }
 
@@ -260,9 +225,7 @@ impl FirstReports {
     }
 
     pub fn forget(&self, uid: &str) {
-        let mut records = self.records();
-        records.added.remove(uid);
-        records.adding.remove(uid);
+        self.records().added.remove(uid);
     }
 
     /// Containers added whose start is still awaited.
@@ -484,41 +447,6 @@ mod tests {
         assert_eq!(reconcile(&v1, Some(LONGEST_WAIT)), Some(WAIT - MS(800)));
         tokio::time::advance(WAIT).await;
         assert!(reports.quiet_recheck(&v1).is_err(), "the kubelet stayed silent: reconcile and write");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn only_a_pod_change_during_the_write_is_news_to_the_reconcile_that_added() {
-        let reports = FirstReports::default();
-        let v1 = session("uid", "1");
-        let began = reports.quiet_recheck(&v1).unwrap_err();
-        reports.adding("uid");
-        reports.news("other-uid");
-        reports.injected("uid", Some("node"));
-        assert_eq!(reports.wait_left(&v1, &silent(), None, began), Some(WAIT));
-        assert_eq!(reports.quiet_recheck(&v1), Ok(WAIT), "the pod the write answered with is the newest");
-
-        // A pod change wakes it: a full reconcile, which adds again (a new attempt, say).
-        reports.news("uid");
-        let began = reports.quiet_recheck(&v1).unwrap_err();
-        reports.adding("uid");
-        reports.news("uid");
-        reports.injected("uid", Some("node"));
-        assert_eq!(reports.wait_left(&v1, &silent(), None, began), Some(WAIT));
-        assert!(reports.quiet_recheck(&v1).is_err(), "its pod changed while the write was under way");
-
-        // A fan-out: news during the first pod's write is not lost by the second's.
-        let began = reports.quiet_recheck(&v1).unwrap_err();
-        reports.adding("uid");
-        reports.news("uid");
-        reports.injected("uid", Some("node"));
-        reports.adding("uid");
-        reports.injected("uid", Some("node"));
-        assert_eq!(reports.wait_left(&v1, &silent(), None, began), Some(WAIT));
-        assert!(reports.quiet_recheck(&v1).is_err(), "news during the first write");
-
-        reports.adding("gone");
-        reports.forget("gone");
-        assert!(reports.records().adding.is_empty(), "a deleted session's write leaves nothing behind");
     }
 
     #[tokio::test(start_paused = true)]
