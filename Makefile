@@ -118,8 +118,12 @@ FAULTS_TIMEOUT ?= 25m
 # The operator under fault is the image's release binary (`make image`), as shipped: the
 # debug build's own slowness would hide what the faults cost.
 faults-shared faults-restarts: export EPHEMERA_OPERATOR_BIN = $(CURDIR)/target/x86_64-unknown-linux-gnu/release/ephemera
+# tests/faults/kill-trace.sh records every SIGKILL meanwhile, so that a census can name
+# who killed a debug container that should run.
 test-faults: $(BUILD_TESTS)
-	$(MAKE) -j2 --output-sync=target faults-shared faults-restarts
+	tests/faults/kill-trace.sh start
+	$(MAKE) -j2 --output-sync=target faults-shared faults-restarts; rc=$$?; \
+		tests/faults/kill-trace.sh stop; exit $$rc
 	cat target/faults-summary.txt
 
 faults-shared:

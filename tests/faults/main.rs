@@ -12,6 +12,7 @@
 #[allow(dead_code)]
 #[path = "../e2e/common.rs"]
 mod common;
+mod kill_trace;
 mod proxy;
 #[allow(dead_code)]
 mod support;
