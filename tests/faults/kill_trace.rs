@@ -22,34 +22,29 @@ pub struct Kill {
 /// `bash-22258 [000] d..1. 71549.556754: signal_generate: sig=9 errno=0 code=0 comm=sleep pid=22226 grp=1 res=0`.
 pub fn parse(line: &str) -> Option<Kill> {
     let (head, event) = line.split_once(": signal_generate: ")?;
-    let field = |name: &str| -> Option<&str> {
-        let start = event.find(&format!("{name}="))? + name.len() + 1;
-        Some(event[start..].split(' ').next().unwrap_or_default())
-    };
-    if field("sig")? != "9" {
-        return None;
-    }
-    // comm may hold spaces; it ends where " pid=" begins.
+    let event = event.strip_prefix("sig=9 ")?;
+    // The format ends "comm=%s pid=%d grp=%d res=%d": comm may hold anything, even " pid=".
     let comm_start = event.find("comm=")? + "comm=".len();
-    let comm_end = event[comm_start..].find(" pid=")? + comm_start;
+    let comm_end = event.rfind(" pid=")?;
+    let pid = event[comm_end + " pid=".len()..].split(' ').next()?;
     let head = head.trim();
     let (task, rest) = head.split_once(" [")?;
     let since_boot = rest.rsplit(' ').next()?.parse().ok()?;
     Some(Kill {
         sender: task.trim().to_string(),
-        target_comm: event[comm_start..comm_end].to_string(),
-        target_pid: field("pid")?.parse().ok()?,
+        target_comm: event.get(comm_start..comm_end)?.to_string(),
+        target_pid: pid.parse().ok()?,
         since_boot,
     })
 }
 
-/// The wall clock of a boot-clock reading.
-fn wall_clock(since_boot: f64) -> Timestamp {
+/// The wall clock at boot, to turn the trace's boot-clock readings into times.
+fn booted_at() -> Timestamp {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime only writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
-    let boot_now = now.tv_sec as f64 + now.tv_nsec as f64 / 1e9;
-    Timestamp::now() - SignedDuration::from_secs_f64(boot_now - since_boot)
+    let since_boot = now.tv_sec as f64 + now.tv_nsec as f64 / 1e9;
+    Timestamp::now() - SignedDuration::from_secs_f64(since_boot)
 }
 
 /// What the trace says of a process named `comm` (any name when None) killed
@@ -59,11 +54,12 @@ pub fn who_killed(comm: Option<&str>, at: Timestamp) -> String {
         return format!("no kill trace at {TRACE} (tests/faults/kill-trace.sh start)");
     };
     let window = (at - SignedDuration::from_secs(1), at + SignedDuration::from_secs(2));
+    let booted = booted_at();
     let kills: Vec<String> = text
         .lines()
         .filter_map(parse)
         .filter(|k| comm.is_none_or(|c| k.target_comm == c))
-        .map(|k| (wall_clock(k.since_boot), k))
+        .map(|k| (booted + SignedDuration::from_secs_f64(k.since_boot), k))
         .filter(|(when, _)| window.0 <= *when && *when < window.1)
         .map(|(when, k)| format!("SIGKILL to {} (pid {}) from {} at {when}", k.target_comm, k.target_pid, k.sender))
         .collect();
@@ -114,10 +110,21 @@ mod tests {
     }
 
     #[test]
+    fn a_name_holding_pid_is_read_whole() {
+        let line = " bash-1 [000] d..1. 3.0: signal_generate: sig=9 errno=0 code=0 comm=x pid=1 y pid=42 grp=1 res=0";
+        let kill = parse(line).unwrap();
+        assert_eq!((kill.target_comm.as_str(), kill.target_pid), ("x pid=1 y", 42));
+    }
+
+    #[test]
     fn skips_headers_and_other_signals() {
         assert_eq!(parse("#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION"), None);
         assert_eq!(
             parse(" bash-1 [000] d..1. 1.0: signal_generate: sig=15 errno=0 code=0 comm=sleep pid=2 grp=1 res=0"),
+            None
+        );
+        assert_eq!(
+            parse(" bash-1 [000] d..1. 1.0: signal_generate: sig=19 errno=0 code=0 comm=sig=9 pid=2 grp=1 res=0"),
             None
         );
     }

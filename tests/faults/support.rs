@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ephemera::crd::{DebugSession, FailureReason, Phase};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerState, Pod};
 use kube::ResourceExt;
 use kube::api::ListParams;
 
@@ -152,24 +152,19 @@ fn marker(container: &k8s_openapi::api::core::v1::EphemeralContainer, name: &str
     container.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone())
 }
 
+/// The kubelet's report on the ephemeral container `container` of `pod`.
+fn ephemeral_state<'p>(pod: &'p Pod, container: &str) -> Option<&'p ContainerState> {
+    pod.status.as_ref()?.ephemeral_container_statuses.iter().flatten().find(|c| c.name == container)?.state.as_ref()
+}
+
 fn running_in(pod: &Pod, container: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.ephemeral_container_statuses.as_ref())
-        .and_then(|all| all.iter().find(|c| c.name == container))
-        .and_then(|c| c.state.as_ref())
-        .is_some_and(|s| s.running.is_some())
+    ephemeral_state(pod, container).is_some_and(|s| s.running.is_some())
 }
 
 /// What the kubelet says of `container` in `pod`, and the last lines of the node's
 /// logs that name it: why a container ended that should run.
 fn kubelet_account(pod: &Pod, container: &str) -> String {
-    let state = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.ephemeral_container_statuses.as_ref())
-        .and_then(|all| all.iter().find(|c| c.name == container))
-        .map(|c| serde_json::to_string(&c.state).unwrap_or_default());
+    let state = ephemeral_state(pod, container).map(|s| serde_json::to_string(s).unwrap_or_default());
     let logs = crate::common::cluster_dir().join("logs");
     let mut lines = Vec::new();
     for log in ["kubelet.log", "containerd.log"] {
@@ -184,17 +179,9 @@ fn kubelet_account(pod: &Pod, container: &str) -> String {
 /// the kubelet reports it terminated with the status's exit code, and no container of
 /// the pod restarted. Then the account: the kubelet's word and who sent a SIGKILL.
 fn ended_on_node(pod: &Pod, container: &str, status: &ephemera::crd::DebugSessionStatus) -> Option<String> {
-    let pod_status = pod.status.as_ref()?;
-    let terminated = pod_status
-        .ephemeral_container_statuses
-        .iter()
-        .flatten()
-        .find(|c| c.name == container)?
-        .state
-        .as_ref()?
-        .terminated
-        .as_ref()?;
-    let undisturbed = pod_status.container_statuses.iter().flatten().all(|c| c.restart_count == 0);
+    let terminated = ephemeral_state(pod, container)?.terminated.as_ref()?;
+    let undisturbed =
+        pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten()).all(|c| c.restart_count == 0);
     let named = status.container_name.as_deref() == Some(container) && status.pod_name == pod.metadata.name;
     if !(undisturbed && named && status.exit_code == Some(terminated.exit_code)) {
         return None;
@@ -276,12 +263,14 @@ pub async fn census_retiring(env: &TestEnv, retired: &HashSet<String>, want: imp
         if status.phase != Some(wanted.phase) || status.reason != wanted.reason {
             // A container that ended when it should run: the node's word on why (read only then, logs are long).
             let ended = status.phase == Some(Phase::Terminated) && wanted.phase == Phase::Running;
-            if let Some(account) = places.first().filter(|_| ended).and_then(|(pod, c)| ended_on_node(pod, c, &status))
-            {
-                census.ended_on_node.push(format!("{name}: {account}"));
-                continue;
+            let mut account = String::new();
+            if let Some((pod, c)) = places.first().filter(|_| ended) {
+                if let Some(on_node) = ended_on_node(pod, c, &status) {
+                    census.ended_on_node.push(format!("{name}: {on_node}"));
+                    continue;
+                }
+                account = kubelet_account(pod, c);
             }
-            let account = places.first().filter(|_| ended).map(|(pod, c)| kubelet_account(pod, c)).unwrap_or_default();
             problem = Some(format!("{:?}/{:?}: {:?}; {account}", status.phase, status.reason, status.message));
         } else if let Some((pod, container)) = places.first() {
             if status.container_name.as_deref() != Some(container) || status.pod_name != pod.metadata.name {
