@@ -32,6 +32,20 @@ macro_rules! unchanged {
     };
 }
 
+// The syntax of names and images, as the schema states it; the controller checks
+// the same (crate::validation) on servers that do not enforce all of it.
+/// A DNS-1123 label: container names.
+pub const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS-1123 subdomain: pod and namespace names.
+pub const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A label key: an optional DNS subdomain prefix and a name.
+pub const QUALIFIED_NAME: &str =
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
+/// A label value (may be empty).
+pub const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+/// An image reference has no whitespace and no control characters (the controller checks its full grammar).
+pub const IMAGE_CHARACTERS: &str = r"^[^\s\x00-\x1f\x7f]+$";
+
 /// Every spec field but `attempt` is immutable.
 const SPEC_IMMUTABLE_RULE: &str = concat!(
     "self.target == oldSelf.target && self.image == oldSelf.image",
@@ -100,7 +114,7 @@ pub struct DebugSessionSpec {
     pub target: Target,
 
     /// Image of the debug container, e.g. `busybox:1.36` or `nicolaka/netshoot`.
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[^\s\x00-\x1f\x7f]+$"))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = IMAGE_CHARACTERS))]
     pub image: String,
 
     /// Pull policy of the debug image. Defaults to Kubernetes' rule (`Always` for `:latest`, else `IfNotPresent`).
@@ -144,7 +158,7 @@ pub struct DebugSessionSpec {
     /// Name of the debug container. Defaults to `debugger-` plus 5 characters of this session's UID.
     /// Attempt N > 0 uses `<name>-<N>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 56), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 56), regex(pattern = DNS1123_LABEL))]
     pub container_name: Option<String>,
 
     /// Raise to start a fresh debug container (`<name>-<attempt>`) once the previous one has
@@ -298,7 +312,7 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS1123_SUBDOMAIN)
     )]
     pub pod: Option<String>,
 
@@ -310,7 +324,7 @@ pub struct Target {
     /// Container whose process namespace the debug container shares (`targetContainerName`).
     /// Defaults to the pod's first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
     pub container: Option<String>,
 
     /// `One` (default): one pod. `All`: a debug container in every Running pod the
@@ -795,7 +809,7 @@ fn constrain_selector(selector: &mut JSONSchemaProps) {
         }
     }
     fn label_value(schema: &mut JSONSchemaProps) {
-        schema.pattern = Some(crate::validation::LABEL_VALUE.into());
+        schema.pattern = Some(LABEL_VALUE.into());
         schema.max_length = Some(63);
     }
     if let Some(labels) = property(selector, "matchLabels")
@@ -805,7 +819,7 @@ fn constrain_selector(selector: &mut JSONSchemaProps) {
     }
     let Some(requirement) = property(selector, "matchExpressions").and_then(items) else { return };
     if let Some(key) = property(requirement, "key") {
-        key.pattern = Some(crate::validation::QUALIFIED_NAME.into());
+        key.pattern = Some(QUALIFIED_NAME.into());
         key.max_length = Some(317);
     }
     if let Some(operator) = property(requirement, "operator") {
@@ -882,7 +896,7 @@ impl std::fmt::Display for KubeVersion {
 /// CEL: every key of `matchLabels` is a label key (values are checked by a pattern).
 fn selector_key_rule() -> serde_json::Value {
     serde_json::json!({
-        "rule": format!("!has(self.matchLabels) || self.matchLabels.all(k, k.matches(r'{}'))", crate::validation::QUALIFIED_NAME),
+        "rule": format!("!has(self.matchLabels) || self.matchLabels.all(k, k.matches(r'{}'))", QUALIFIED_NAME),
         "message": "every key of target.selector.matchLabels must be a label key such as app or app.kubernetes.io/name",
     })
 }

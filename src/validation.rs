@@ -9,19 +9,7 @@ use std::sync::LazyLock;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use regex::Regex;
 
-use crate::crd::DebugSessionSpec;
-
-/// A DNS-1123 label: container names.
-pub const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-/// A DNS-1123 subdomain: pod and namespace names.
-pub const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// A label key: an optional DNS subdomain prefix and a name.
-pub const QUALIFIED_NAME: &str =
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
-/// A label value (may be empty).
-pub const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
-/// An image reference has no whitespace and no control characters (the full grammar is checked here).
-pub const IMAGE_CHARACTERS: &str = r"^[^\s\x00-\x1f\x7f]+$";
+use crate::crd::{DNS1123_LABEL, DNS1123_SUBDOMAIN, DebugSessionSpec, LABEL_VALUE, QUALIFIED_NAME};
 
 /// The most a debug container may add to the pod per attempt, as JSON. Every
 /// attempt stays in the pod for good, and etcd refuses objects over 1.5 MiB.
