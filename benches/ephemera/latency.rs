@@ -366,7 +366,7 @@ impl<'a> Latency<'a> {
             (results, state.pod_events_between(pods, window.at, end), over_budget)
         });
         let in_spec = |who: Who| results.iter().filter(|r| r.who == who && r.in_spec_ms.is_some()).count();
-        let result = ScenarioResult {
+        ScenarioResult {
             key,
             title,
             sessions: trials.iter().filter(|t| t.who == Who::Ephemera).count(),
@@ -382,9 +382,7 @@ impl<'a> Latency<'a> {
             path,
             connections_max: self.connections_since(window.at),
             status_writes_over_budget,
-        };
-        crate::report::print_scenario(&result);
-        result
+        }
     }
 
     /// N sessions one after the other, ephemera and the floor alternating, on N/10 pods.

@@ -191,17 +191,17 @@ async fn run(args: Args) -> i32 {
         lat.warm_up().await;
         if wants("seq") {
             for &n in &plan.seq {
-                results.scenarios.push(lat.sequential(n).await);
+                results.add_scenario(lat.sequential(n).await);
             }
         }
         if wants("burst") {
-            results.scenarios.push(lat.bursts(plan.burst, plan.burst_rounds).await);
+            results.add_scenario(lat.bursts(plan.burst, plan.burst_rounds).await);
         }
         if wants("once") {
-            results.scenarios.push(lat.at_once(plan.once, plan.once_rounds).await);
+            results.add_scenario(lat.at_once(plan.once, plan.once_rounds).await);
         }
         if wants("hot") {
-            results.scenarios.push(lat.hot(plan.hot, plan.hot_rounds).await);
+            results.add_scenario(lat.hot(plan.hot, plan.hot_rounds).await);
         }
         if wants("perpod") {
             results.per_pod = Some(lat.per_pod(&plan.per_pod).await);

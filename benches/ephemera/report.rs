@@ -49,6 +49,12 @@ fn machine() -> String {
 }
 
 impl Results {
+    /// Keeps a scenario's outcome, and says it at once.
+    pub fn add_scenario(&mut self, result: ScenarioResult) {
+        print_scenario(&result);
+        self.scenarios.push(result);
+    }
+
     pub async fn new(plan: &Plan, bench: &Bench) -> Self {
         crate::requests::self_check();
         let dirty = !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
@@ -478,7 +484,7 @@ fn scale_tables(scale: &ScaleResult) -> String {
 }
 
 /// Prints one scenario's outcome as it finishes.
-pub fn print_scenario(s: &ScenarioResult) {
+fn print_scenario(s: &ScenarioResult) {
     let median = |who, field: fn(&TrialResult) -> Option<f64>| percentile(&values(&s.trials, who, field), 0.5);
     say!(
         "  {}: in spec median {} vs floor {} ms, running median {} vs {} ms; {} sessions ({} over their status-write budget), {} requests ({}); floor: {}",
