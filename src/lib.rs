@@ -12,6 +12,7 @@ pub mod injector;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
+pub mod own_writes;
 pub mod plugin;
 pub mod pod_watch;
 pub mod pods;
