@@ -3,6 +3,7 @@
 //! decision out (claim, inject, publish status and events, delete).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,9 +22,9 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus::IntGauge;
 
 use crate::crd::{DebugSession, DebugSessionStatus, FailureReason, Phase};
-use crate::ephemeral_api::{Availability, AvailabilityCache, Refusal, classify_refusal};
+use crate::ephemeral_api::{ApiShape, Availability, AvailabilityCache, Refusal, classify_refusal};
 use crate::events::EventQueue;
-use crate::first_report::FirstReports;
+use crate::first_report::{Began, FirstReports};
 use crate::index::{GuardedSession, TargetIndex};
 use crate::injector::Injector;
 use crate::metrics::Metrics;
@@ -34,7 +35,7 @@ use crate::policy::{ActiveSessions, Policy};
 use crate::reads::{PodReads, Reads, reads_for};
 use crate::requester::{Requester, requester};
 use crate::server::Health;
-use crate::status::{self, Next, Observed, PodView};
+use crate::status::{self, Decision, Injection, Next, Observed, PodView};
 use crate::target::Failure;
 use crate::wakes::PodWakes;
 
@@ -604,232 +605,312 @@ async fn read(ctx: &Context, pods: &Api<Pod>, reads: &Reads, fresh: bool) -> Res
     Ok(Inputs { pods, named, availability })
 }
 
+/// One reconcile of one session: what it has read, and what it has done so far.
+struct SessionReconcile<'a> {
+    ctx: &'a Context,
+    namespace: String,
+    sessions: Api<DebugSession>,
+    pods: Api<Pod>,
+    now: Timestamp,
+    began: Began,
+    active: ActiveSessions,
+    /// The session as this reconcile last wrote (or found) it.
+    current: DebugSession,
+    inputs: Inputs,
+    /// The events of this reconcile's claim, once it is written: they wait for the pod writes.
+    claim_events: Option<ClaimEvents<'a>>,
+    stale_pods: u32,
+    looked_again: bool,
+}
+
+/// After one step of a decision: decide on from here, or end the reconcile.
+type Step = ControlFlow<Action, Decision>;
+
+/// What the API server said to adding one container.
+enum AddAnswer {
+    Added,
+    /// The pod changed under the write: read it again and decide again.
+    Stale,
+    Refused(Failure),
+}
+
 async fn reconcile_session(session: &DebugSession, ctx: &Context) -> Result<Action, Error> {
     let namespace = session.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
-    let sessions: Api<DebugSession> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Timestamp::now();
-
-    let mut current = ctx.as_reconciled(session);
+    let current = ctx.as_reconciled(session);
     // A status held back for the kubelet's first word, with no news since: nothing to read.
     let began = match ctx.first_reports.quiet_recheck(&current) {
         Ok(left) => return Ok(Action::requeue(left)),
         Err(began) => began,
     };
-    let reads = reads_for(&current, ctx.own.status_is_own(&current));
-    let mut inputs = read(ctx, &pods, &reads, false).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let inputs = read(ctx, &pods, &reads_for(&current, ctx.own.status_is_own(&current)), false).await?;
     let all = ctx.sessions.state();
     let active = ActiveSessions::among(&current, all.iter().filter_map(|o| o.0.as_ref().ok()));
-    let mut decision = status::decide(&current, &inputs.observed(now, ctx, active));
-    let mut stale_pods = 0;
-    let mut looked_again = false;
-    let mut claim_events: Option<ClaimEvents> = None;
+    let mut run = SessionReconcile {
+        ctx,
+        sessions: Api::namespaced(ctx.client.clone(), &namespace),
+        namespace,
+        pods,
+        now,
+        began,
+        active,
+        current,
+        inputs,
+        claim_events: None,
+        stale_pods: 0,
+        looked_again: false,
+    };
+    let mut decision = run.decide(None);
     loop {
-        match std::mem::replace(&mut decision.next, Next::Wait) {
-            Next::Wait => {
-                let due = status::requeue_after(&current, &decision.status, now);
-                if let Some(left) = ctx.first_reports.wait_left(&current, &decision.status, due, began) {
-                    // The claim stands as the status until the kubelet starts the
-                    // container, reports a problem, or the wait ends: then one write.
-                    return Ok(Action::requeue(left));
-                }
-                // The kubelet only creating what is already written as Injected goes out with the next change.
-                let routine = current
-                    .status
-                    .as_ref()
-                    .is_some_and(|published| status::only_routine_news(published, &decision.status));
-                if !routine {
-                    let events_since = claim_events.take().map(ClaimEvents::into_before);
-                    publish_status(ctx, &sessions, &current, &decision.status, false, events_since).await?;
-                }
-                let requeue = status::requeue_after(&current, &decision.status, now);
-                return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
+        let step = match decision.next {
+            Next::Wait => run.publish(decision.status).await?,
+            Next::Capture(captures) => run.capture(&captures, decision.status).await?,
+            Next::Delete => run.delete().await?,
+            Next::LookAgain => run.look_again(decision.status).await?,
+            Next::Inject(injections) => run.inject(injections, decision.status).await?,
+        };
+        match step {
+            ControlFlow::Continue(next) => decision = next,
+            ControlFlow::Break(action) => return Ok(action),
+        }
+    }
+}
+
+impl SessionReconcile<'_> {
+    fn observed(&self) -> Observed<'_> {
+        self.inputs.observed(self.now, self.ctx, self.active)
+    }
+
+    /// Decides from what was read, for the session as it stands or with `status` in place of its own.
+    fn decide(&self, status: Option<DebugSessionStatus>) -> Decision {
+        match status {
+            None => status::decide(&self.current, &self.observed()),
+            Some(status) => {
+                let view = DebugSession { status: Some(status), ..self.current.clone() };
+                status::decide(&view, &self.observed())
             }
-            Next::Capture(captures) => {
-                for capture in &captures {
-                    let output = capture_output(ctx, &pods, &current, capture).await?;
-                    status::record_output(&mut decision.status, capture, output);
+        }
+    }
+
+    /// The attempt fails with `failure`; `status` is what stood before.
+    fn refused(&self, status: &DebugSessionStatus, failure: Failure) -> Step {
+        ControlFlow::Continue(status::refused(&self.current, status, failure, &self.observed()))
+    }
+
+    /// Writes `status` if it is news, and ends the reconcile.
+    async fn publish(&mut self, status: DebugSessionStatus) -> Result<Step, Error> {
+        let ctx = self.ctx;
+        let due = status::requeue_after(&self.current, &status, self.now);
+        if let Some(left) = ctx.first_reports.wait_left(&self.current, &status, due, self.began) {
+            // The claim stands as the status until the kubelet starts the
+            // container, reports a problem, or the wait ends: then one write.
+            return Ok(ControlFlow::Break(Action::requeue(left)));
+        }
+        // The kubelet only creating what is already written as Injected goes out with the next change.
+        let routine =
+            self.current.status.as_ref().is_some_and(|published| status::only_routine_news(published, &status));
+        if !routine {
+            let events_since = self.claim_events.take().map(ClaimEvents::into_before);
+            publish_status(ctx, &self.sessions, &self.current, &status, false, events_since).await?;
+        }
+        Ok(ControlFlow::Break(due.map_or_else(Action::await_change, Action::requeue)))
+    }
+
+    /// Keeps the output of finished containers, then records it in `status`.
+    async fn capture(&self, captures: &[status::Capture], mut status: DebugSessionStatus) -> Result<Step, Error> {
+        for capture in captures {
+            let output = capture_output(self.ctx, &self.pods, &self.current, capture).await?;
+            status::record_output(&mut status, capture, output);
+        }
+        Ok(ControlFlow::Continue(Decision { status, next: Next::Wait }))
+    }
+
+    /// Deletes the finished session, but only the version that was judged finished.
+    async fn delete(&self) -> Result<Step, Error> {
+        let name = self.current.name_any();
+        tracing::info!(session = %name, namespace = %self.namespace, "deleting finished DebugSession after ttlSecondsAfterFinished");
+        self.ctx.metrics.request("delete", "debugsessions");
+        // A renew in between wins.
+        let preconditions = Preconditions {
+            uid: self.current.metadata.uid.clone(),
+            resource_version: self.current.metadata.resource_version.clone(),
+        };
+        let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::background() };
+        match self.sessions.delete(&name, &params).await {
+            Ok(_) => Ok(ControlFlow::Break(Action::await_change())),
+            Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::StaleSession),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(ControlFlow::Break(Action::await_change())),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Writes the corrected `status`, then reads and decides once more (once per reconcile).
+    async fn look_again(&mut self, status: DebugSessionStatus) -> Result<Step, Error> {
+        let version = publish_status(self.ctx, &self.sessions, &self.current, &status, false, None).await?;
+        if self.looked_again {
+            return Ok(ControlFlow::Break(Action::requeue(Duration::from_secs(1))));
+        }
+        self.looked_again = true;
+        self.current.metadata.resource_version = version;
+        self.current.status = Some(status);
+        self.inputs = read(self.ctx, &self.pods, &reads_for(&self.current, true), false).await?;
+        Ok(ControlFlow::Continue(self.decide(None)))
+    }
+
+    /// Adds the planned containers: only where whoever asked may do it by hand,
+    /// and only after the claim.
+    async fn inject(&mut self, injections: Vec<Injection>, mut status: DebugSessionStatus) -> Result<Step, Error> {
+        let fan_out = !status.targets.is_empty();
+        let allowed = match self.allowed(injections, &mut status, fan_out).await? {
+            Err(failure) => return Ok(self.refused(&status, failure)),
+            Ok(allowed) if allowed.is_empty() => {
+                // Every pod refused: the rows say so.
+                let mut decision = self.decide(Some(status));
+                if matches!(decision.next, Next::Inject(_)) {
+                    decision.next = Next::Wait;
                 }
-                decision.next = Next::Wait;
+                return Ok(ControlFlow::Continue(decision));
             }
-            Next::Delete => {
-                tracing::info!(session = %current.name_any(), %namespace, "deleting finished DebugSession after ttlSecondsAfterFinished");
-                ctx.metrics.request("delete", "debugsessions");
-                // Only the version that was judged finished: a renew in between wins.
-                let preconditions = Preconditions {
-                    uid: current.metadata.uid.clone(),
-                    resource_version: current.metadata.resource_version.clone(),
-                };
-                let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::background() };
-                return match sessions.delete(&current.name_any(), &params).await {
-                    Ok(_) => Ok(Action::await_change()),
-                    Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::StaleSession),
-                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(Action::await_change()),
-                    Err(error) => Err(error.into()),
-                };
+            Ok(allowed) => allowed,
+        };
+        if let Some(action) = self.claim(&status).await? {
+            return Ok(ControlFlow::Break(action));
+        }
+        self.add_all(&allowed, status, fan_out).await
+    }
+
+    /// The injections whose requester may add the container to the pod now. A
+    /// refused pod becomes a failed row of `status` when there are many (`fan_out`);
+    /// the one pod refused is the session's failure.
+    async fn allowed(
+        &self,
+        injections: Vec<Injection>,
+        status: &mut DebugSessionStatus,
+        fan_out: bool,
+    ) -> Result<Result<Vec<Injection>, Failure>, Error> {
+        let Some(who) = requester(&self.current) else { return Ok(Ok(injections)) };
+        let mut allowed = Vec::new();
+        for injection in injections {
+            let pod_name = injection.pod.metadata.name.clone().unwrap_or_default();
+            match check_requester(self.ctx, &who, &self.namespace, &pod_name).await? {
+                None => allowed.push(injection),
+                Some(failure) if fan_out => status::refuse_target(status, &pod_name, failure),
+                Some(failure) => return Ok(Err(failure)),
             }
-            Next::LookAgain if !looked_again => {
-                looked_again = true;
-                current.metadata.resource_version =
-                    publish_status(ctx, &sessions, &current, &decision.status, false, None).await?;
-                current.status = Some(decision.status);
-                let reads = reads_for(&current, true);
-                inputs = read(ctx, &pods, &reads, false).await?;
-                decision = status::decide(&current, &inputs.observed(now, ctx, active));
+        }
+        Ok(Ok(allowed))
+    }
+
+    /// Writes `claim` as the status, only if the session is unchanged since it was
+    /// read: a deleted session, or one another operator claimed, gets nothing.
+    /// A retry of this reconcile's own claim (the pod changed under the write)
+    /// is the same attempt, already fenced. `Some`: the session is gone.
+    async fn claim(&mut self, claim: &DebugSessionStatus) -> Result<Option<Action>, Error> {
+        let claim_stands = self.claim_events.is_some() && self.current.status.as_ref() == Some(claim);
+        if !claim_stands {
+            match publish_status(self.ctx, &self.sessions, &self.current, claim, true, None).await {
+                Ok(version) => self.current.metadata.resource_version = version,
+                Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => return Err(Error::StaleSession),
+                Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
+                    return Ok(Some(Action::await_change()));
+                }
+                Err(error) => return Err(error),
             }
-            Next::LookAgain => {
-                publish_status(ctx, &sessions, &current, &decision.status, false, None).await?;
-                return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        if self.claim_events.is_none() {
+            self.claim_events = Some(ClaimEvents {
+                ctx: self.ctx,
+                session: DebugSession { status: Some(claim.clone()), ..self.current.clone() },
+                before: self.current.status.clone().unwrap_or_default(),
+            });
+        }
+        self.current.status = Some(claim.clone());
+        Ok(None)
+    }
+
+    /// Adds each container to its pod, then decides again from the pods as the
+    /// writes left them, with refused pods standing failed in `claim`.
+    async fn add_all(
+        &mut self,
+        injections: &[Injection],
+        mut claim: DebugSessionStatus,
+        fan_out: bool,
+    ) -> Result<Step, Error> {
+        let shape = match &self.inputs.availability {
+            Some(Availability::Available(shape)) => *shape,
+            _ => unreachable!("a container is only planned where ephemeral containers are served"),
+        };
+        let mut stale = false;
+        for injection in injections {
+            match self.add(shape, injection).await? {
+                AddAnswer::Added => {}
+                AddAnswer::Stale => stale = true,
+                AddAnswer::Refused(failure) if fan_out => {
+                    let pod_name = injection.pod.metadata.name.as_deref().unwrap_or_default();
+                    status::refuse_target(&mut claim, pod_name, failure);
+                }
+                AddAnswer::Refused(failure) => return Ok(self.refused(&claim, failure)),
             }
-            Next::Inject(injections) => {
-                let fan_out = !decision.status.targets.is_empty();
-                // Whoever asked must be able to do this by hand, now, for every pod.
-                let mut allowed = Vec::new();
-                let mut refused_outright = None;
-                match requester(&current) {
-                    Some(who) => {
-                        for injection in injections {
-                            let pod_name = injection.pod.metadata.name.clone().unwrap_or_default();
-                            match check_requester(ctx, &who, &namespace, &pod_name).await? {
-                                None => allowed.push(injection),
-                                Some(failure) if fan_out => {
-                                    status::refuse_target(&mut decision.status, &pod_name, failure)
-                                }
-                                Some(failure) => {
-                                    refused_outright = Some(failure);
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    None => allowed = injections,
-                }
-                if let Some(failure) = refused_outright {
-                    decision = status::refused(&current, &decision.status, failure, &inputs.observed(now, ctx, active));
-                    continue;
-                }
-                if allowed.is_empty() {
-                    // Every pod refused: the rows say so.
-                    let mut view = current.clone();
-                    view.status = Some(decision.status.clone());
-                    decision = status::decide(&view, &inputs.observed(now, ctx, active));
-                    if matches!(decision.next, Next::Inject(_)) {
-                        decision.next = Next::Wait;
-                    }
-                    continue;
-                }
-                let injections = allowed;
-                // The claim: written only if the session is unchanged since it was read,
-                // so a deleted session, or one another operator claimed, gets nothing.
-                // A retry of this reconcile's own claim (the pod changed under the
-                // write) is the same attempt, already fenced.
-                let claim_stands = claim_events.is_some() && current.status.as_ref() == Some(&decision.status);
-                current.metadata.resource_version = if claim_stands {
-                    current.metadata.resource_version.clone()
-                } else {
-                    match publish_status(ctx, &sessions, &current, &decision.status, true, None).await {
-                        Ok(rv) => rv,
-                        Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
-                            return Err(Error::StaleSession);
-                        }
-                        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
-                            return Ok(Action::await_change());
-                        }
-                        Err(error) => return Err(error),
-                    }
-                };
-                if claim_events.is_none() {
-                    claim_events = Some(ClaimEvents {
-                        ctx,
-                        session: DebugSession { status: Some(decision.status.clone()), ..current.clone() },
-                        before: current.status.clone().unwrap_or_default(),
-                    });
-                }
-                current.status = Some(decision.status.clone());
-                let shape = match &inputs.availability {
-                    Some(Availability::Available(shape)) => *shape,
-                    _ => unreachable!("a container is only planned where ephemeral containers are served"),
-                };
-                // What the API server says to each write; the decision follows from all of them.
-                let mut claim = decision.status.clone();
-                let mut refused = None;
-                let mut stale = false;
-                for injection in &injections {
-                    let pod_name = injection.pod.metadata.name.clone().unwrap_or_default();
-                    match ctx.injector.add(shape, &injection.pod, &injection.container).await {
-                        Ok(updated) => {
-                            ctx.metrics.injections.with_label_values(&["injected"]).inc();
-                            if let Some(uid) = &current.metadata.uid {
-                                let node = injection.pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref());
-                                ctx.first_reports.injected(uid, node);
-                            }
-                            inputs.replace_pod(ctx.pods.wrote(updated).await);
-                        }
-                        Err(kube::Error::Api(refusal)) => match classify_refusal(&refusal) {
-                            // A refusal that a fresh read does not explain is no staleness:
-                            // report it instead of asking again and again.
-                            Refusal::StalePod if !(refusal.code == 422 && stale_pods >= 2) => stale = true,
-                            Refusal::StalePod => {
-                                let failure = Failure::new(
-                                    FailureReason::Invalid,
-                                    format!(
-                                        "the API server refused the debug container again on a fresh read of the pod: {}",
-                                        refusal.message
-                                    ),
-                                );
-                                refused = Some((pod_name, failure));
-                            }
-                            Refusal::Unavailable(advice) => {
-                                ctx.metrics.injections.with_label_values(&["unavailable"]).inc();
-                                ctx.availability.refused(advice.clone()).await;
-                                inputs.availability = Some(Availability::Unavailable(advice.clone()));
-                                refused = Some((
-                                    pod_name,
-                                    Failure::new(FailureReason::EphemeralContainersUnavailable, advice),
-                                ));
-                            }
-                            Refusal::Other => {
-                                let Some(failure) = failure_of_write(&refusal) else {
-                                    ctx.metrics.injections.with_label_values(&["error"]).inc();
-                                    return Err(kube::Error::Api(refusal).into());
-                                };
-                                ctx.metrics.injections.with_label_values(&[failure.reason.as_str()]).inc();
-                                refused = Some((pod_name, failure));
-                            }
-                        },
-                        Err(error) => {
-                            ctx.metrics.injections.with_label_values(&["error"]).inc();
-                            return Err(error.into());
-                        }
-                    }
-                    if let Some((pod_name, failure)) = refused.take() {
-                        if fan_out {
-                            status::refuse_target(&mut claim, &pod_name, failure);
-                        } else {
-                            refused = Some((pod_name, failure));
-                            break;
-                        }
-                    }
-                }
-                if let Some((_, failure)) = refused {
-                    decision = status::refused(&current, &claim, failure, &inputs.observed(now, ctx, active));
-                    continue;
-                }
-                if stale {
-                    if stale_pods >= STALE_POD_RETRIES {
-                        return Err(Error::BusyPod(stale_pods));
-                    }
-                    stale_pods += 1;
-                    ctx.metrics.injections.with_label_values(&["stale"]).inc();
-                    tracing::debug!(session = %current.name_any(), stale_pods, "a pod changed under the write; deciding again");
-                    let reads = reads_for(&current, true);
-                    inputs = read(ctx, &pods, &reads, true).await?;
-                }
-                // Decide again from the pods as the writes left them, with refused pods standing failed.
-                let mut view = current.clone();
-                view.status = Some(claim);
-                decision = status::decide(&view, &inputs.observed(now, ctx, active));
+        }
+        if stale {
+            if self.stale_pods >= STALE_POD_RETRIES {
+                return Err(Error::BusyPod(self.stale_pods));
             }
+            self.stale_pods += 1;
+            self.ctx.metrics.injections.with_label_values(&["stale"]).inc();
+            tracing::debug!(session = %self.current.name_any(), stale_pods = self.stale_pods, "a pod changed under the write; deciding again");
+            self.inputs = read(self.ctx, &self.pods, &reads_for(&self.current, true), true).await?;
+        }
+        Ok(ControlFlow::Continue(self.decide(Some(claim))))
+    }
+
+    /// Adds one container, and judges the API server's answer.
+    async fn add(&mut self, shape: ApiShape, injection: &Injection) -> Result<AddAnswer, Error> {
+        let ctx = self.ctx;
+        let refusal = match ctx.injector.add(shape, &injection.pod, &injection.container).await {
+            Ok(updated) => {
+                ctx.metrics.injections.with_label_values(&["injected"]).inc();
+                if let Some(uid) = &self.current.metadata.uid {
+                    let node = injection.pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref());
+                    ctx.first_reports.injected(uid, node);
+                }
+                self.inputs.replace_pod(ctx.pods.wrote(updated).await);
+                return Ok(AddAnswer::Added);
+            }
+            Err(kube::Error::Api(refusal)) => refusal,
+            Err(error) => {
+                ctx.metrics.injections.with_label_values(&["error"]).inc();
+                return Err(error.into());
+            }
+        };
+        match classify_refusal(&refusal) {
+            // A refusal that a fresh read does not explain is no staleness:
+            // report it instead of asking again and again.
+            Refusal::StalePod if !(refusal.code == 422 && self.stale_pods >= 2) => Ok(AddAnswer::Stale),
+            Refusal::StalePod => Ok(AddAnswer::Refused(Failure::new(
+                FailureReason::Invalid,
+                format!(
+                    "the API server refused the debug container again on a fresh read of the pod: {}",
+                    refusal.message
+                ),
+            ))),
+            Refusal::Unavailable(advice) => {
+                ctx.metrics.injections.with_label_values(&["unavailable"]).inc();
+                ctx.availability.refused(advice.clone()).await;
+                self.inputs.availability = Some(Availability::Unavailable(advice.clone()));
+                Ok(AddAnswer::Refused(Failure::new(FailureReason::EphemeralContainersUnavailable, advice)))
+            }
+            Refusal::Other => match failure_of_write(&refusal) {
+                Some(failure) => {
+                    ctx.metrics.injections.with_label_values(&[failure.reason.as_str()]).inc();
+                    Ok(AddAnswer::Refused(failure))
+                }
+                None => {
+                    ctx.metrics.injections.with_label_values(&["error"]).inc();
+                    Err(kube::Error::Api(refusal).into())
+                }
+            },
         }
     }
 }
