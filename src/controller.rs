@@ -175,6 +175,39 @@ impl Context {
     }
 
     /// No unfinished session listens to the pod any more: nothing of it is kept.
+    /// The sessions a change of `pod` wakes: those that listen to it and for
+    /// which it changed something; the others are counted and left asleep.
+    fn woken_by(&self, pod: &Pod) -> Vec<ObjectRef<GuardedSession>> {
+        let meta = &pod.metadata;
+        let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+            return Vec::new();
+        };
+        self.metrics.listening_sessions.set(self.index.len() as i64);
+        let listening = self.index.sessions_for(namespace, name, meta.labels.as_ref());
+        if listening.is_empty() {
+            self.release_pod(namespace, name);
+            return Vec::new();
+        }
+        self.pods.saw(namespace, name, meta.resource_version.as_deref());
+        let as_reconciled = |listener: &ObjectRef<GuardedSession>| {
+            let object = self.sessions.get(listener)?;
+            Some(self.as_reconciled(object.0.as_ref().ok()?))
+        };
+        let wakes = self.wakes.wake(pod, listening, as_reconciled);
+        let counted = |outcome: &str, n: usize| {
+            self.metrics.pod_event_wakes.with_label_values(&[outcome]).inc_by(n as u64);
+        };
+        // What woke them may be the kubelet's word on a held status.
+        for woken in &wakes.woken {
+            if let Some(uid) = self.sessions.get(woken).and_then(|s| s.0.as_ref().ok()?.metadata.uid.clone()) {
+                self.first_reports.news(&uid);
+            }
+        }
+        counted("woken", wakes.woken.len());
+        counted("unchanged", wakes.unchanged);
+        wakes.woken
+    }
+
     fn release_pod(&self, namespace: &str, name: &str) {
         self.pods.forget(namespace, name);
         self.wakes.forget(namespace, name);
@@ -332,63 +365,10 @@ pub async fn run(
         None => (Api::all(watch_client.clone()), Api::all(watch_client)),
     };
     let errors = Arc::new(WatchErrors::default());
-    let config = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
     let (reader, writer) = reflector::store::<GuardedSession>();
     let ctx = Context::new(client, metrics.clone(), policy, reader.clone());
-    let (sampled, store) = (Arc::downgrade(&ctx), reader.clone());
-    metrics.sample_with(move |metrics| {
-        let Some(ctx) = sampled.upgrade() else { return };
-        metrics.listening_sessions.set(ctx.index.len() as i64);
-        metrics.pods_cached.set(ctx.pods.len() as i64);
-        metrics.sessions_known.set(store.state().len() as i64);
-        let records = |kind: &str, len: usize| metrics.session_records.with_label_values(&[kind]).set(len as i64);
-        records("own_writes", ctx.own.len());
-        records("first_reports", ctx.first_reports.len());
-        records("pod_writes", ctx.injector.len());
-        records("backoffs", ctx.backoff.len());
-        records("pod_wakes", ctx.wakes.len());
-        records("undecodable", ctx.undecodable.lock().expect("undecodable lock").len());
-    });
-    let session_events = {
-        let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
-        let (reader, health, errors) = (reader.clone(), health.clone(), errors.clone());
-        let mut listing = ListLog::new("debugsessions");
-        backed_off(watcher(sessions, config))
-            // Nothing reads who wrote which field, and it is a quarter of a session.
-            .modify(|session| session.managed_fields_mut().clear())
-            .reflect(writer)
-            .inspect(move |event| listing.observe(event))
-            .inspect(move |event| match event {
-                // No session listens to the pod's changes any more: its copy goes now.
-                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
-                    if let Some((namespace, name)) = index_ctx.index.apply(object) {
-                        index_ctx.release_pod(&namespace, &name);
-                    }
-                }
-                Ok(watcher::Event::Delete(object)) => {
-                    if let Some((namespace, name)) = index_ctx.index.remove(object) {
-                        index_ctx.release_pod(&namespace, &name);
-                    }
-                    if let Some(uid) = object.meta().uid.as_deref() {
-                        index_ctx.own.forget(uid);
-                        index_ctx.first_reports.forget(uid);
-                        index_ctx.backoff.reset(uid);
-                    }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    index_ctx.index.rebuild(reader.state().iter().map(|o| o.as_ref()));
-                    health.sessions_synced.store(true, Ordering::Relaxed);
-                }
-                Ok(watcher::Event::Init) => {}
-                Err(error) => errors.report("debugsessions", error),
-            })
-            .applied_objects()
-            // The echo of our own status write brings nothing new.
-            .try_filter(move |object| {
-                future::ready(object.0.as_ref().map_or(true, |session| !filter_ctx.own.is_echo(session)))
-            })
-            .filter_map(only_objects)
-    };
+    sample_records(&metrics, &ctx, reader.clone());
+    let session_events = session_events(&ctx, sessions, writer, reader.clone(), health.clone(), errors.clone());
     // No cache of pods: a pod event is mapped to the sessions that still care
     // about the pod, and the pod kept for them if it is (see PodReader), then
     // dropped. The watch starts from the pods' version as of now, taken before
@@ -406,33 +386,7 @@ pub async fn run(
     tracing::info!(resource = "pods", resource_version = %pods_from, "watching pod changes from now on (nothing to list)");
     health.pods_synced.store(true, Ordering::Relaxed);
     let (resync, resyncs) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let pod_events = {
-        let (pods_ctx, errors) = (ctx.clone(), errors.clone());
-        backed_off(pod_watch::changes_since(pods, pods_from, WATCH_TIMEOUT_SECONDS))
-            // A kept copy needs no record of who wrote which field, and it is copied for every change.
-            .modify(|pod| pod.managed_fields_mut().clear())
-            .inspect(move |event| match event {
-                // The pod watch's history expired: what changed meanwhile is unknown,
-                // so no copy of a pod is trusted and every listening session looks again.
-                Ok(watcher::Event::InitDone) => {
-                    pods_ctx.pods.forget_all();
-                    pods_ctx.wakes.forget_all();
-                    let _ = resync.send(());
-                }
-                Ok(watcher::Event::Apply(pod)) => pods_ctx.pods.watched(pod),
-                Ok(watcher::Event::Delete(pod)) => {
-                    pods_ctx.pods.deleted(pod);
-                    // Its last version may look like the one before: every listener hears of the deletion.
-                    if let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
-                        pods_ctx.wakes.forget(namespace, name);
-                    }
-                }
-                Err(error) => errors.report("pods", error),
-                Ok(_) => {}
-            })
-            .touched_objects()
-            .filter_map(only_objects)
-    };
+    let pod_events = pod_events(&ctx, pods, pods_from, resync, errors);
     let listening_sessions = {
         let index_ctx = ctx.clone();
         futures::stream::unfold(resyncs, |mut resyncs| async move { resyncs.recv().await.map(|()| ((), resyncs)) })
@@ -450,37 +404,7 @@ pub async fn run(
     Controller::for_stream(session_events, reader)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(listening_sessions)
-        .watches_stream(pod_events, move |pod: Pod| {
-            let meta = &pod.metadata;
-            let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
-                return Vec::new();
-            };
-            mapper_ctx.metrics.listening_sessions.set(mapper_ctx.index.len() as i64);
-            let listening = mapper_ctx.index.sessions_for(namespace, name, meta.labels.as_ref());
-            if listening.is_empty() {
-                mapper_ctx.release_pod(namespace, name);
-                return Vec::new();
-            }
-            mapper_ctx.pods.saw(namespace, name, meta.resource_version.as_deref());
-            let as_reconciled = |listener: &ObjectRef<GuardedSession>| {
-                let object = mapper_ctx.sessions.get(listener)?;
-                Some(mapper_ctx.as_reconciled(object.0.as_ref().ok()?))
-            };
-            let wakes = mapper_ctx.wakes.wake(&pod, listening, as_reconciled);
-            let counted = |outcome: &str, n: usize| {
-                mapper_ctx.metrics.pod_event_wakes.with_label_values(&[outcome]).inc_by(n as u64);
-            };
-            // What woke them may be the kubelet's word on a held status.
-            for woken in &wakes.woken {
-                if let Some(uid) = mapper_ctx.sessions.get(woken).and_then(|s| s.0.as_ref().ok()?.metadata.uid.clone())
-                {
-                    mapper_ctx.first_reports.news(&uid);
-                }
-            }
-            counted("woken", wakes.woken.len());
-            counted("unchanged", wakes.unchanged);
-            wakes.woken
-        })
+        .watches_stream(pod_events, move |pod: Pod| mapper_ctx.woken_by(&pod))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -493,6 +417,110 @@ pub async fn run(
             future::ready(())
         })
         .await;
+}
+
+/// The sizes of what the operator keeps per session, sampled for /metrics.
+fn sample_records(metrics: &Metrics, ctx: &Arc<Context>, store: Store<GuardedSession>) {
+    let sampled = Arc::downgrade(ctx);
+    metrics.sample_with(move |metrics| {
+        let Some(ctx) = sampled.upgrade() else { return };
+        metrics.listening_sessions.set(ctx.index.len() as i64);
+        metrics.pods_cached.set(ctx.pods.len() as i64);
+        metrics.sessions_known.set(store.state().len() as i64);
+        let records = |kind: &str, len: usize| metrics.session_records.with_label_values(&[kind]).set(len as i64);
+        records("own_writes", ctx.own.len());
+        records("first_reports", ctx.first_reports.len());
+        records("pod_writes", ctx.injector.len());
+        records("backoffs", ctx.backoff.len());
+        records("pod_wakes", ctx.wakes.len());
+        records("undecodable", ctx.undecodable.lock().expect("undecodable lock").len());
+    });
+}
+
+/// The sessions to reconcile, from their watch: kept in the store, indexed by
+/// the pods they listen to, and without the echoes of our own status writes.
+fn session_events(
+    ctx: &Arc<Context>,
+    sessions: Api<GuardedSession>,
+    writer: reflector::store::Writer<GuardedSession>,
+    reader: Store<GuardedSession>,
+    health: Arc<Health>,
+    errors: Arc<WatchErrors>,
+) -> impl Stream<Item = Result<GuardedSession, watcher::Error>> + Send + 'static {
+    let config = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
+    let (index_ctx, filter_ctx) = (ctx.clone(), ctx.clone());
+    let mut listing = ListLog::new("debugsessions");
+    backed_off(watcher(sessions, config))
+        // Nothing reads who wrote which field, and it is a quarter of a session.
+        .modify(|session| session.managed_fields_mut().clear())
+        .reflect(writer)
+        .inspect(move |event| listing.observe(event))
+        .inspect(move |event| match event {
+            // No session listens to the pod's changes any more: its copy goes now.
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                if let Some((namespace, name)) = index_ctx.index.apply(object) {
+                    index_ctx.release_pod(&namespace, &name);
+                }
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                if let Some((namespace, name)) = index_ctx.index.remove(object) {
+                    index_ctx.release_pod(&namespace, &name);
+                }
+                if let Some(uid) = object.meta().uid.as_deref() {
+                    index_ctx.own.forget(uid);
+                    index_ctx.first_reports.forget(uid);
+                    index_ctx.backoff.reset(uid);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                index_ctx.index.rebuild(reader.state().iter().map(|o| o.as_ref()));
+                health.sessions_synced.store(true, Ordering::Relaxed);
+            }
+            Ok(watcher::Event::Init) => {}
+            Err(error) => errors.report("debugsessions", error),
+        })
+        .applied_objects()
+        // The echo of our own status write brings nothing new.
+        .try_filter(move |object| {
+            future::ready(object.0.as_ref().map_or(true, |session| !filter_ctx.own.is_echo(session)))
+        })
+        .filter_map(only_objects)
+}
+
+/// Pod changes from `pods_from` on, kept for the sessions that listen to the
+/// pod; `resync` hears when the watch's history expired.
+fn pod_events(
+    ctx: &Arc<Context>,
+    pods: Api<Pod>,
+    pods_from: String,
+    resync: tokio::sync::mpsc::UnboundedSender<()>,
+    errors: Arc<WatchErrors>,
+) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+    let pods_ctx = ctx.clone();
+    backed_off(pod_watch::changes_since(pods, pods_from, WATCH_TIMEOUT_SECONDS))
+        // A kept copy needs no record of who wrote which field, and it is copied for every change.
+        .modify(|pod| pod.managed_fields_mut().clear())
+        .inspect(move |event| match event {
+            // The pod watch's history expired: what changed meanwhile is unknown,
+            // so no copy of a pod is trusted and every listening session looks again.
+            Ok(watcher::Event::InitDone) => {
+                pods_ctx.pods.forget_all();
+                pods_ctx.wakes.forget_all();
+                let _ = resync.send(());
+            }
+            Ok(watcher::Event::Apply(pod)) => pods_ctx.pods.watched(pod),
+            Ok(watcher::Event::Delete(pod)) => {
+                pods_ctx.pods.deleted(pod);
+                // Its last version may look like the one before: every listener hears of the deletion.
+                if let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                    pods_ctx.wakes.forget(namespace, name);
+                }
+            }
+            Err(error) => errors.report("pods", error),
+            Ok(_) => {}
+        })
+        .touched_objects()
+        .filter_map(only_objects)
 }
 
 async fn reconcile(object: Arc<GuardedSession>, ctx: Arc<Context>) -> Result<Action, Error> {
