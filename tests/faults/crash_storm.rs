@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
+
 use crate::common::{free_port, sleeping_session};
 use crate::proxy::{HoldPoint, HttpProxy};
 use crate::support::{self, Rng, Want, converge, create_sessions, operator, running_pods, secs};
@@ -63,7 +65,12 @@ async fn crash_storm() {
     }
     let last_restart = Instant::now();
     let storm = last_restart - began;
-    let (census, times) = converge(&env, Duration::from_secs(90), |_| Want::RUNNING).await;
+    // A status may wait at Pending, its container in the pod, while the last
+    // operator (the one that added it) awaits the kubelet's first word.
+    let added_by_last = |session: &ephemera::crd::DebugSession| {
+        proxy.injected_at(&format!("{namespace}/{}", session.name_any()), last_restart)
+    };
+    let (census, times) = converge(&env, Duration::from_secs(90), |s| Want::running_added_at(added_by_last(s))).await;
     let converged = times.clean.map(|at| at - last_restart);
     let operator_done = times.operator_done.map(|at| at - last_restart);
     {
@@ -97,7 +104,7 @@ async fn crash_storm() {
         }
     }
     let line = format!(
-        "sessions={sessions} pods={pods} kills={kills} (answer of the subresource write held: {}, status write after it held: {}, subresource write held: {}, random moment: {}, nothing to hold: {unheld}) {} containers={} converged={} after the last restart (every status true and every container in its pod after {}), storm={} seed={seed}",
+        "sessions={sessions} pods={pods} kills={kills} (answer of the subresource write held: {}, status write after it held: {}, subresource write held: {}, random moment: {}, nothing to hold: {unheld}) {} containers={} converged={} after the last restart (every status true and every container in its pod after {}, {} of them held for the kubelet then), storm={} seed={seed}",
         killed_at[1],
         killed_at[2],
         killed_at[3],
@@ -106,13 +113,15 @@ async fn crash_storm() {
         census.containers,
         converged.map_or("never".into(), secs),
         operator_done.map_or("never".into(), secs),
+        times.held_when_done,
         secs(storm),
     );
     support::summary("crash-storm", &line);
     assert!(census.clean(), "{line}\n{:#?}\noperator log:\n{}", census.problems, env.operator_log_tail());
     assert_eq!(census.sessions, sessions, "{line}");
     // The operator's part; how fast the kubelet then starts 200 containers is
-    // the machine's (it took 0-19 s more under CI load), bounded by the census above.
+    // the machine's (it took 0-28 s more under CI load), bounded by the census above.
+    // A busy kubelet also holds statuses at Pending, within their bound (held_until).
     assert!(operator_done.unwrap() <= Duration::from_secs(30), "{line}");
     assert!(
         killed_at[1] + killed_at[2] >= kills / 4,

@@ -134,6 +134,17 @@ impl HttpProxy {
         self.log().into_iter().filter(|r| r.at >= from && r.at < to).collect()
     }
 
+    /// When the last write sent since `since` that carried the container of
+    /// `session` (`namespace/name`) reached the proxy, if the API server took it.
+    pub fn injected_at(&self, session: &str, since: Instant) -> Option<Instant> {
+        let log = self.shared.log.lock().unwrap();
+        log.iter()
+            .rev()
+            .take_while(|r| r.at >= since)
+            .find(|r| r.status.is_some_and(|code| code < 300) && r.injects_for.iter().any(|s| s == session))
+            .map(|r| r.at)
+    }
+
     pub fn open_watches(&self) -> i64 {
         self.shared.open_watches.load(Ordering::SeqCst)
     }

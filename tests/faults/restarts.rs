@@ -191,11 +191,7 @@ async fn kubelet_absent() {
     env.wait_phase("waits", Phase::Running).await;
     let waits_after = back.elapsed();
     let (census, _) = converge(&env, Duration::from_secs(30), |s| {
-        if s.metadata.name.as_deref() == Some("exits") {
-            Want { phase: Phase::Terminated, reason: None, container: true }
-        } else {
-            Want::RUNNING
-        }
+        if s.metadata.name.as_deref() == Some("exits") { Want::terminated() } else { Want::RUNNING }
     })
     .await;
     let line = format!(

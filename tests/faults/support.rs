@@ -83,13 +83,29 @@ pub struct Want {
     pub reason: Option<FailureReason>,
     /// Whether its container must be in a pod (exactly once).
     pub container: bool,
+    /// Until when its status may still say `Pending` with its container in the
+    /// pod: the operator that added it holds the status back for the kubelet's
+    /// first word, at most [`ephemera::first_report::LONGEST_WAIT`] (docs/status.md).
+    pub held_until: Option<Instant>,
 }
 
 impl Want {
-    pub const RUNNING: Want = Want { phase: Phase::Running, reason: None, container: true };
+    pub const RUNNING: Want = Want { phase: Phase::Running, reason: None, container: true, held_until: None };
 
     pub fn failed(reason: FailureReason, container: bool) -> Want {
-        Want { phase: Phase::Failed, reason: Some(reason), container }
+        Want { phase: Phase::Failed, reason: Some(reason), container, held_until: None }
+    }
+
+    pub fn terminated() -> Want {
+        Want { phase: Phase::Terminated, ..Want::RUNNING }
+    }
+
+    /// Running in the end, where the operator that added the container at
+    /// `added` may hold its status at `Pending` until the longest wait is over.
+    pub fn running_added_at(added: Option<Instant>) -> Want {
+        // The status write after the wait, and a census's half-second poll.
+        let write = Duration::from_secs(5);
+        Want { held_until: added.map(|at| at + ephemera::first_report::LONGEST_WAIT + write), ..Want::RUNNING }
     }
 }
 
@@ -107,8 +123,12 @@ pub struct Census {
     pub lost: usize,
     /// Sessions whose status is not (yet) what is wanted, or not true to the pod.
     pub stuck: usize,
-    /// Of those, sessions that want Running and truthfully say Injected: the kubelet has yet to start them.
+    /// Of those, sessions that want Running and truthfully say Injected, or
+    /// whose status is held at Pending within [`Want::held_until`]: the kubelet
+    /// has yet to start them.
     pub waiting_for_kubelet: usize,
+    /// Of those, the held ones.
+    pub held: usize,
     /// Sessions that want Running whose container ended on the node in an undisturbed pod, as
     /// the kubelet and the status both say (true status; the operator cannot signal a
     /// process): each with the kubelet's word and the kill trace's sender.
@@ -173,6 +193,21 @@ fn kubelet_account(pod: &Pod, container: &str) -> String {
         lines.extend(naming[naming.len().saturating_sub(6)..].iter().map(|l| format!("  {log}: {l}")));
     }
     format!("the kubelet says {state:?} of {container} in {}\n{}", pod.name_any(), lines.join("\n"))
+}
+
+/// Whether `status` still says Pending, naming the pod that holds `container`,
+/// within [`Want::held_until`] and before the kubelet says the container runs.
+fn held_for_kubelet(
+    status: &ephemera::crd::DebugSessionStatus,
+    wanted: Want,
+    pod: &Pod,
+    container: &str,
+    now: Instant,
+) -> bool {
+    status.phase == Some(Phase::Pending)
+        && wanted.held_until.is_some_and(|until| now < until)
+        && status.pod_name == pod.metadata.name
+        && !running_in(pod, container)
 }
 
 /// Whether `container` ended on the node while its pod stayed whole, as `status` says:
@@ -257,8 +292,10 @@ pub async fn census_retiring(env: &TestEnv, retired: &HashSet<String>, want: imp
                     && status.pod_name == pod.metadata.name
                     && !running_in(pod, c)
             });
-        if wanted.phase == Phase::Running && injected_truthfully {
+        let held = places.first().is_some_and(|(pod, c)| held_for_kubelet(&status, wanted, pod, c, Instant::now()));
+        if wanted.phase == Phase::Running && (injected_truthfully || held) {
             census.waiting_for_kubelet += 1;
+            census.held += usize::from(held);
         }
         if status.phase != Some(wanted.phase) || status.reason != wanted.reason {
             // A container that ended when it should run: the node's word on why (read only then, logs are long).
@@ -296,8 +333,11 @@ pub async fn census_retiring(env: &TestEnv, retired: &HashSet<String>, want: imp
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Converged {
     /// Every container in its pod exactly once, and every status true (at least
-    /// Injected where the kubelet has yet to start a container).
+    /// Injected where the kubelet has yet to start a container, or held within
+    /// [`Want::held_until`]).
     pub operator_done: Option<Instant>,
+    /// How many statuses were held then.
+    pub held_when_done: usize,
     /// Everything as wanted.
     pub clean: Option<Instant>,
 }
@@ -328,6 +368,7 @@ pub async fn converge_with(
             && census.stuck == census.waiting_for_kubelet
         {
             converged.operator_done = Some(now);
+            converged.held_when_done = census.held;
         }
         if census.clean() {
             converged.clean = Some(now);
@@ -450,6 +491,32 @@ mod tests {
         assert_eq!(ended_on_node(&pod(1, 137), "dbg", &status(137)), None);
         // The status names another container.
         assert_eq!(ended_on_node(&pod(0, 137), "other", &status(137)), None);
+    }
+
+    #[test]
+    fn a_pending_status_is_held_for_the_kubelet_only_within_its_bound() {
+        let pending =
+            DebugSessionStatus { phase: Some(Phase::Pending), pod_name: Some("p".into()), ..Default::default() };
+        let now = Instant::now();
+        let added = Want::running_added_at(Some(now));
+        let mut waiting = pod(0, 0);
+        waiting.status.as_mut().unwrap().ephemeral_container_statuses.as_mut().unwrap()[0].state =
+            Some(ContainerState { waiting: Some(Default::default()), ..Default::default() });
+        assert!(held_for_kubelet(&pending, added, &waiting, "dbg", now + Duration::from_secs(30)));
+        // Past the longest wait and its write.
+        assert!(!held_for_kubelet(&pending, added, &waiting, "dbg", now + Duration::from_secs(36)));
+        // Not added by the operator that holds statuses (a restart since): never held.
+        assert!(!held_for_kubelet(&pending, Want::RUNNING, &waiting, "dbg", now));
+        // Another pod named, or another phase.
+        let elsewhere = DebugSessionStatus { pod_name: Some("q".into()), ..pending.clone() };
+        assert!(!held_for_kubelet(&elsewhere, added, &waiting, "dbg", now));
+        let failed = DebugSessionStatus { phase: Some(Phase::Failed), ..pending.clone() };
+        assert!(!held_for_kubelet(&failed, added, &waiting, "dbg", now));
+        // The kubelet says it runs: Pending is no longer true.
+        let mut running = waiting.clone();
+        running.status.as_mut().unwrap().ephemeral_container_statuses.as_mut().unwrap()[0].state =
+            Some(ContainerState { running: Some(Default::default()), ..Default::default() });
+        assert!(!held_for_kubelet(&pending, added, &running, "dbg", now));
     }
 
     #[test]
