@@ -121,7 +121,7 @@ async fn crash_storm() {
     assert_eq!(census.sessions, sessions, "{line}");
     // The operator's part; how fast the kubelet then starts 200 containers is
     // the machine's (it took 0-28 s more under CI load), bounded by the census above.
-    // A busy kubelet also holds statuses at Pending, within their bound (held_until).
+    // Meanwhile the operator may hold statuses at Pending for the kubelet, within held_until.
     assert!(operator_done.unwrap() <= Duration::from_secs(30), "{line}");
     assert!(
         killed_at[1] + killed_at[2] >= kills / 4,
