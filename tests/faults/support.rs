@@ -195,19 +195,22 @@ fn kubelet_account(pod: &Pod, container: &str) -> String {
     format!("the kubelet says {state:?} of {container} in {}\n{}", pod.name_any(), lines.join("\n"))
 }
 
-/// Whether `status` still says Pending, naming the pod that holds `container`,
-/// within [`Want::held_until`] and before the kubelet says the container runs.
-fn held_for_kubelet(
+/// Whether `status` truthfully says `container` waits for the kubelet: it names the
+/// pod that holds the container, the kubelet does not yet say it runs, and the phase
+/// is `Injected` naming the container, or `Pending` held within [`Want::held_until`].
+fn waits_for_kubelet(
     status: &ephemera::crd::DebugSessionStatus,
     wanted: Want,
     pod: &Pod,
     container: &str,
     now: Instant,
 ) -> bool {
-    status.phase == Some(Phase::Pending)
-        && wanted.held_until.is_some_and(|until| now < until)
-        && status.pod_name == pod.metadata.name
-        && !running_in(pod, container)
+    let phase_says_waiting = match status.phase {
+        Some(Phase::Injected) => status.container_name.as_deref() == Some(container),
+        Some(Phase::Pending) => wanted.held_until.is_some_and(|until| now < until),
+        _ => false,
+    };
+    phase_says_waiting && status.pod_name == pod.metadata.name && !running_in(pod, container)
 }
 
 /// Whether `container` ended on the node while its pod stayed whole, as `status` says:
@@ -286,16 +289,10 @@ pub async fn census_retiring(env: &TestEnv, retired: &HashSet<String>, want: imp
             continue;
         }
         let mut problem = None;
-        let injected_truthfully = status.phase == Some(Phase::Injected)
-            && places.first().is_some_and(|(pod, c)| {
-                status.container_name.as_deref() == Some(c)
-                    && status.pod_name == pod.metadata.name
-                    && !running_in(pod, c)
-            });
-        let held = places.first().is_some_and(|(pod, c)| held_for_kubelet(&status, wanted, pod, c, Instant::now()));
-        if wanted.phase == Phase::Running && (injected_truthfully || held) {
+        let waiting = places.first().is_some_and(|(pod, c)| waits_for_kubelet(&status, wanted, pod, c, Instant::now()));
+        if wanted.phase == Phase::Running && waiting {
             census.waiting_for_kubelet += 1;
-            census.held += usize::from(held);
+            census.held += usize::from(status.phase == Some(Phase::Pending));
         }
         if status.phase != Some(wanted.phase) || status.reason != wanted.reason {
             // A container that ended when it should run: the node's word on why (read only then, logs are long).
@@ -494,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_status_is_held_for_the_kubelet_only_within_its_bound() {
+    fn a_status_waits_for_the_kubelet_injected_or_pending_within_its_bound() {
         let pending =
             DebugSessionStatus { phase: Some(Phase::Pending), pod_name: Some("p".into()), ..Default::default() };
         let now = Instant::now();
@@ -502,21 +499,27 @@ mod tests {
         let mut waiting = pod(0, 0);
         waiting.status.as_mut().unwrap().ephemeral_container_statuses.as_mut().unwrap()[0].state =
             Some(ContainerState { waiting: Some(Default::default()), ..Default::default() });
-        assert!(held_for_kubelet(&pending, added, &waiting, "dbg", now + Duration::from_secs(30)));
+        assert!(waits_for_kubelet(&pending, added, &waiting, "dbg", now + Duration::from_secs(30)));
         // Past the longest wait and its write.
-        assert!(!held_for_kubelet(&pending, added, &waiting, "dbg", now + Duration::from_secs(36)));
+        assert!(!waits_for_kubelet(&pending, added, &waiting, "dbg", now + Duration::from_secs(36)));
         // Not added by the operator that holds statuses (a restart since): never held.
-        assert!(!held_for_kubelet(&pending, Want::RUNNING, &waiting, "dbg", now));
+        assert!(!waits_for_kubelet(&pending, Want::RUNNING, &waiting, "dbg", now));
         // Another pod named, or another phase.
         let elsewhere = DebugSessionStatus { pod_name: Some("q".into()), ..pending.clone() };
-        assert!(!held_for_kubelet(&elsewhere, added, &waiting, "dbg", now));
+        assert!(!waits_for_kubelet(&elsewhere, added, &waiting, "dbg", now));
         let failed = DebugSessionStatus { phase: Some(Phase::Failed), ..pending.clone() };
-        assert!(!held_for_kubelet(&failed, added, &waiting, "dbg", now));
+        assert!(!waits_for_kubelet(&failed, added, &waiting, "dbg", now));
         // The kubelet says it runs: Pending is no longer true.
         let mut running = waiting.clone();
         running.status.as_mut().unwrap().ephemeral_container_statuses.as_mut().unwrap()[0].state =
             Some(ContainerState { running: Some(Default::default()), ..Default::default() });
-        assert!(!held_for_kubelet(&pending, added, &running, "dbg", now));
+        assert!(!waits_for_kubelet(&pending, added, &running, "dbg", now));
+        // Injected waits without a bound, but only naming the container.
+        let injected =
+            DebugSessionStatus { phase: Some(Phase::Injected), container_name: Some("dbg".into()), ..pending.clone() };
+        assert!(waits_for_kubelet(&injected, Want::RUNNING, &waiting, "dbg", now + Duration::from_secs(3600)));
+        assert!(!waits_for_kubelet(&injected, added, &waiting, "other", now));
+        assert!(!waits_for_kubelet(&injected, added, &running, "dbg", now));
     }
 
     #[test]
