@@ -26,8 +26,15 @@ const PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// A client for `config` that prefers HTTP/2. A kubeconfig that needs what only
 /// kube's own stack does (a proxy, an exec plugin that may hand out expiring
 /// client certificates) gets kube's stack, over HTTP/1.1.
-pub fn client(config: Config) -> Result<Client, kube::Error> {
-    if config.proxy_url.is_some() || config.auth_info.exec.is_some() {
+pub fn client(mut config: Config) -> Result<Client, kube::Error> {
+    let kube_stack = config.proxy_url.is_some() || config.auth_info.exec.is_some();
+    // Over HTTP/1.1 the read timeout must count from each request: otherwise a
+    // pooled connection's idle time counts against it, and the first requests
+    // after a quiet spell of about the timeout failed at once (`SendRequest`,
+    // `TimedOut`) and waited a backoff. Over HTTP/2 PINGs keep an idle
+    // connection reading, and a silent one must still time out while we write.
+    config.reset_reader_on_write = kube_stack || config.cluster_url.scheme_str() != Some("https");
+    if kube_stack {
         return Client::try_from(config);
     }
     let tls = config.rustls_client_config()?;
@@ -63,4 +70,41 @@ pub fn client(config: Config) -> Result<Client, kube::Error> {
         .map_err(tower::BoxError::from)
         .service(connection);
     Ok(ClientBuilder::new(service, config.default_namespace.clone()).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server on loopback whose `/slow` answers after `delay`.
+    async fn slow_server(delay: Duration) -> String {
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get(move || async move {
+                tokio::time::sleep(delay).await;
+                "done"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let address = listener.local_addr().expect("local address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    /// Over HTTP/1.1 (plain http here) the read timeout bounds the wait for an
+    /// answer, counted from the request: a connection that sat in the pool most of
+    /// a timeout (the next burst after a quiet spell) must not fail its next request.
+    #[tokio::test]
+    async fn the_read_timeout_counts_from_the_request_not_from_the_pooled_connections_last_read() {
+        let timeout = Duration::from_secs(2);
+        let server = slow_server(Duration::from_millis(1000)).await;
+        let mut config = Config::new(server.parse().expect("a URL"));
+        config.read_timeout = Some(timeout);
+        let client = client(config).expect("a client");
+        let slow = || http::Request::get("/slow").body(Vec::new()).expect("a request");
+        assert_eq!(client.request_text(slow()).await.expect("the first answer"), "done");
+        // Idle in the pool for 1.5 s of the 2 s: the next answer takes 1 s more.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(client.request_text(slow()).await.expect("the answer after a quiet spell"), "done");
+    }
 }

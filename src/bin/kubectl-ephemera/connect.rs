@@ -33,6 +33,8 @@ pub async fn connect(flags: &KubeFlags) -> Result<Connection, Error> {
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
+        // Counted from each request, not from when its pooled connection last read.
+        config.reset_reader_on_write = true;
     }
     let namespace = flags.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     Ok(Connection { client: Client::try_from(config)?, namespace })
