@@ -45,6 +45,8 @@ struct Trial {
     /// The container's name, and the session's.
     name: String,
     pod: String,
+    /// Which round of a scenario run in rounds the trial belongs to.
+    round: Option<usize>,
     start: Instant,
     /// When the API server answered the session's create (ephemera only).
     created: Option<Instant>,
@@ -56,6 +58,8 @@ pub struct TrialResult {
     pub who: Who,
     pub name: String,
     pub pod: String,
+    /// Which round of a scenario run in rounds (bursts, at once, hot pod).
+    pub round: Option<usize>,
     pub in_spec_ms: Option<f64>,
     pub running_ms: Option<f64>,
     /// Ephemera only: until the session itself said Running (what `kubectl get dbgs` shows).
@@ -263,12 +267,12 @@ impl<'a> Latency<'a> {
                 let session = session(&name, &pod, &["sleep", &hold]);
                 let start = Instant::now();
                 let error = self.bench.create_session(NAMESPACE, &session).await.err().map(|e| e.to_string());
-                Trial { who, name, pod, start, created: Some(Instant::now()), error }
+                Trial { who, name, pod, round: None, start, created: Some(Instant::now()), error }
             }
             Who::Floor => {
                 let start = Instant::now();
                 let error = floor_debug(&self.floor, &pod, &name, &hold).await.err().map(|e| e.to_string());
-                Trial { who, name, pod, start, created: None, error }
+                Trial { who, name, pod, round: None, start, created: None, error }
             }
         }
     }
@@ -467,7 +471,8 @@ impl<'a> Latency<'a> {
                 let targets: Vec<(String, String)> = (0..size)
                     .map(|j| (format!("{prefix}{round}-{}-{j:03}", who.letter()), target(round, who, j)))
                     .collect();
-                let burst = self.burst(who, &targets, self.plan.hold_secs).await;
+                let mut burst = self.burst(who, &targets, self.plan.hold_secs).await;
+                burst.iter_mut().for_each(|t| t.round = Some(round));
                 self.wait_running(&burst, Duration::from_secs(300)).await;
                 trials.extend(burst);
             }
@@ -576,6 +581,7 @@ fn result_of(trial: &Trial, state: &crate::timeline::State) -> TrialResult {
         who: trial.who,
         name: trial.name.clone(),
         pod: trial.pod.clone(),
+        round: trial.round,
         in_spec_ms: since(marks.in_spec),
         running_ms: since(marks.running),
         session_running_ms: match trial.who {

@@ -111,6 +111,8 @@ impl Results {
         if !self.scenarios.is_empty() {
             out += &latency_table(&self.scenarios);
             out += "\n";
+            out += &round_table(&self.scenarios);
+            out += "\n";
             out += &path_table(&self.scenarios);
             out += "\n";
             out += &cost_table(&self.scenarios);
@@ -258,6 +260,59 @@ fn latency_table(scenarios: &[ScenarioResult]) -> String {
             ratio_cell(percentile(&er, 0.99), percentile(&fr, 0.99)),
             ms(percentile(&session, 0.5)),
             ms(percentile(&session, 0.99)),
+        );
+    }
+    out
+}
+
+/// Ephemera / floor of one percentile, round by round (a round: one burst of each kind).
+fn round_ratios(trials: &[TrialResult], field: fn(&TrialResult) -> Option<f64>, p: f64) -> Vec<f64> {
+    let mut rounds: Vec<usize> = trials.iter().filter_map(|t| t.round).collect();
+    rounds.sort_unstable();
+    rounds.dedup();
+    rounds
+        .into_iter()
+        .filter_map(|round| {
+            let of = |who| {
+                let in_round: Vec<f64> =
+                    trials.iter().filter(|t| t.round == Some(round) && t.who == who).filter_map(field).collect();
+                percentile(&in_round, p)
+            };
+            Some(of(Who::Ephemera)? / of(Who::Floor).filter(|f| *f > 0.0)?)
+        })
+        .collect()
+}
+
+/// "lowest / median / highest; k of n within `target`×"
+fn spread_cell(ratios: &[f64], target: f64) -> String {
+    let at = |p| percentile(ratios, p).map_or("-".into(), |r| format!("{r:.2}×"));
+    let within = ratios.iter().filter(|r| **r <= target).count();
+    format!("{} / {} / {}; {within} of {} within {target}×", at(0.0), at(0.5), at(1.0), ratios.len())
+}
+
+/// How far one round's ratio strays from the next: what a whole run's ratio is worth.
+fn round_table(scenarios: &[ScenarioResult]) -> String {
+    let mut out = String::from(
+        "## Round by round: ephemera / floor within each round (lowest / median / highest)
+
+",
+    );
+    out += "Scenarios run in rounds start one burst of each kind per round, back to back; a round's ratio compares \
+            the two bursts that ran closest in time.\n\n";
+    out += "| scenario | rounds | create→in spec median | create→running p99 |\n|---|---|---|---|\n";
+    for s in scenarios {
+        let in_spec = round_ratios(&s.trials, |t| t.in_spec_ms, 0.5);
+        if in_spec.is_empty() {
+            continue;
+        }
+        let running = round_ratios(&s.trials, |t| t.running_ms, 0.99);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            s.title,
+            in_spec.len(),
+            spread_cell(&in_spec, 1.5),
+            spread_cell(&running, 1.15)
         );
     }
     out
