@@ -142,6 +142,16 @@ pub fn session(name: &str, pod: &str, command: &[&str]) -> DebugSession {
     .expect("a DebugSession")
 }
 
+/// A counting proxy's client to the API server: admin, over one HTTP/2 connection, as
+/// `kubectl` and the operator in a cluster talk to it. Over HTTP/1.1 every request of a
+/// burst needed a connection of its own, and each new one a TLS handshake.
+pub async fn upstream_client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(common::kubeconfig()).expect("read kubeconfig");
+    let options = KubeConfigOptions { context: Some("admin".into()), ..Default::default() };
+    let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("kubeconfig context");
+    ephemera::api_client::client(config).expect("client")
+}
+
 /// A client that talks to the API server through a proxy on `port`.
 pub async fn client_through(port: u16, label: &str) -> (Client, PathBuf) {
     let path = std::env::temp_dir().join(format!("ephemera-bench-{label}-{}.kubeconfig", std::process::id()));

@@ -160,8 +160,8 @@ impl<'a> Latency<'a> {
     pub async fn start(bench: &'a Bench, plan: &Plan) -> Latency<'a> {
         bench.fresh_namespace(NAMESPACE).await;
         let timeline = Timeline::start(&bench.client, NAMESPACE, true).await;
-        let (operator_port, operator_log) = crate::proxy::serve(common::client_for("admin").await).await;
-        let (floor_port, floor_log) = crate::proxy::serve(common::client_for("admin").await).await;
+        let (operator_port, operator_log) = crate::proxy::serve(crate::cluster::upstream_client().await).await;
+        let (floor_port, floor_log) = crate::proxy::serve(crate::cluster::upstream_client().await).await;
         let (_, operator_kubeconfig) = client_through(operator_port, "operator").await;
         let (floor, floor_kubeconfig) = client_through(floor_port, "floor").await;
         let mut operator = OperatorProcess::spawn(NAMESPACE, &operator_kubeconfig, None, "latency", &[]);
@@ -300,6 +300,23 @@ impl<'a> Latency<'a> {
         };
         if !self.timeline.wait(timeout, done).await {
             say!("  some containers did not run within {timeout:?}");
+        }
+    }
+
+    /// Until every trial's container has exited (and, for ephemera, the session says it
+    /// ended), or failed: the kubelet's and the operator's work for them is done.
+    async fn wait_exited(&self, trials: &[Trial], timeout: Duration) {
+        let done = |state: &crate::timeline::State| {
+            trials.iter().all(|t| {
+                t.error.is_some()
+                    || match t.who {
+                        Who::Floor => state.marks(&t.name).terminated.is_some(),
+                        Who::Ephemera => state.session_finished(&t.name),
+                    }
+            })
+        };
+        if !self.timeline.wait(timeout, done).await {
+            say!("  some containers did not exit within {timeout:?}");
         }
     }
 
@@ -465,6 +482,9 @@ impl<'a> Latency<'a> {
         let mut trials = Vec::new();
         for round in 0..rounds {
             for who in Who::order(round) {
+                // A burst's containers exit `hold` seconds after they start, with a wave of
+                // kubelet and operator writes; no later burst may share the cluster with it.
+                self.wait_exited(&trials, Duration::from_secs(self.plan.hold_secs + 300)).await;
                 self.warm_clients(size).await;
                 self.quiesce(Duration::from_millis(300), Duration::from_secs(10)).await;
                 tokio::time::sleep(kubelet_phase()).await;

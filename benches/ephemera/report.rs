@@ -202,9 +202,14 @@ const METHOD: &str = "\
   or burst by burst, with the first kind alternating) and are **timed by the same
   pod watch**: from the DebugSession create (or the floor's GET) to the container
   in the pod spec, and to its `ephemeralContainerStatuses` Running.
+- A **burst starts on a quiet cluster**: once the containers of every earlier
+  burst have exited (and their sessions say so) and the operator has been quiet
+  for 300 ms, so no burst shares the API server with another's wave of exits.
 - The operator runs as its own process (the same build) and talks to the API
   server through a **counting proxy on loopback**; the floor talks through an
-  identical one, so both pay the same hop. The proxies count every request by
+  identical one, so both pay the same hop. Each proxy forwards over one HTTP/2
+  connection, as `kubectl` and the operator in a cluster talk to the API
+  server. The proxies count every request by
   verb and resource; the operator's own `/metrics` is read as well.
 - Each debug container sleeps, then exits, so a session goes through its whole
   life (Pending, Injected, Running, Terminated); a scenario's requests are
@@ -297,7 +302,7 @@ const RUNNING_P99_TARGET: f64 = 1.15;
 /// How far one round's ratio strays from the next: what a whole run's ratio is worth.
 fn round_table(scenarios: &[ScenarioResult]) -> String {
     let mut out = String::from("## Round by round: ephemera / floor within each round (lowest / median / highest)\n\n");
-    out += "Scenarios run in rounds start one burst of each kind per round, back to back; a round's ratio compares \
+    out += "Scenarios run in rounds start one burst of each kind per round, one after the other; a round's ratio compares \
             the two bursts that ran closest in time.\n\n";
     out += "| scenario | rounds | create→in spec median | create→running p99 |\n|---|---|---|---|\n";
     for s in scenarios {

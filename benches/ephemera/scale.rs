@@ -262,7 +262,7 @@ pub async fn run(bench: &Bench, plan: &Plan, keep: bool) -> ScaleResult {
     let idle = if plan.idle_secs > 0 {
         let params = DeleteParams::background();
         let _ = pods.delete_collection(&params, &ListParams::default().labels("app=unrelated")).await;
-        let (port, log) = crate::proxy::serve(common::client_for("admin").await).await;
+        let (port, log) = crate::proxy::serve(crate::cluster::upstream_client().await).await;
         let (_, proxied) = client_through(port, "idle").await;
         let election = ["--leader-elect", "--leader-election-namespace", NAMESPACE];
         let mut idle = OperatorProcess::spawn(NAMESPACE, &proxied, None, "scale-idle", &election);
