@@ -146,10 +146,7 @@ pub fn session(name: &str, pod: &str, command: &[&str]) -> DebugSession {
 /// `kubectl` and the operator in a cluster talk to it. Over HTTP/1.1 every request of a
 /// burst needed a connection of its own, and each new one a TLS handshake.
 pub async fn upstream_client() -> Client {
-    let kubeconfig = Kubeconfig::read_from(common::kubeconfig()).expect("read kubeconfig");
-    let options = KubeConfigOptions { context: Some("admin".into()), ..Default::default() };
-    let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("kubeconfig context");
-    ephemera::api_client::client(config).expect("client")
+    ephemera::api_client::client(common::config_for("admin").await).expect("client")
 }
 
 /// A client that talks to the API server through a proxy on `port`.

@@ -81,10 +81,14 @@ pub fn kubectl(args: &[&str]) -> (bool, String) {
 }
 
 pub async fn client_for(context: &str) -> Client {
+    Client::try_from(config_for(context).await).expect("client")
+}
+
+/// The kubeconfig's settings for `context`.
+pub async fn config_for(context: &str) -> Config {
     let kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("read kubeconfig");
     let options = KubeConfigOptions { context: Some(context.into()), ..Default::default() };
-    let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("kubeconfig context");
-    Client::try_from(config).expect("client")
+    Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("kubeconfig context")
 }
 
 /// Installs the CRD from crds/ (server-side apply) and waits until it is served.
