@@ -86,34 +86,43 @@ impl Bench {
                 }
             })
             .await;
+        let ready = |pod: &Pod| {
+            pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| cs.iter().all(|c| c.ready))
+        };
+        let running = self
+            .wait_bench_pods(&pods, names, |listed| listed.iter().filter(|p| ready(p)).count() == names.len())
+            .await;
+        assert!(running, "not all of {} pods became Running in 300 s", names.len());
+    }
+
+    /// Waits (up to 300 s) until `done` holds for the bench's pods among `names`, as listed.
+    async fn wait_bench_pods(&self, pods: &Api<Pod>, names: &[String], done: impl Fn(&[&Pod]) -> bool) -> bool {
         let wanted: HashSet<&String> = names.iter().collect();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let list = pods.list(&ListParams::default().labels("ephemera.dev/bench=target")).await.expect("list pods");
-            let running = list
-                .items
-                .iter()
-                .filter(|p| p.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)))
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.container_statuses.as_ref())
-                        .is_some_and(|cs| cs.iter().all(|c| c.ready))
-                })
-                .count();
-            if running == names.len() {
-                return;
+            let listed: Vec<&Pod> =
+                list.items.iter().filter(|p| p.metadata.name.as_ref().is_some_and(|n| wanted.contains(n))).collect();
+            if done(&listed) {
+                return true;
             }
-            assert!(Instant::now() < deadline, "only {running} of {} pods became Running", names.len());
+            if Instant::now() >= deadline {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
-    /// Deletes pods in the background (their sessions are finished by then).
+    /// Deletes pods and waits until they are gone. The kubelet kills a deleted pod's
+    /// containers (a scenario's pods hold hundreds) for seconds; the next scenario
+    /// must not share the node with that.
     pub async fn delete_pods(&self, namespace: &str, names: &[String]) {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         for name in names {
             let _ = pods.delete(name, &DeleteParams::background()).await;
+        }
+        if !self.wait_bench_pods(&pods, names, |listed| listed.is_empty()).await {
+            say!("  pods {names:?} were not all gone 300 s after their deletion");
         }
     }
 

@@ -205,6 +205,9 @@ const METHOD: &str = "\
 - A **burst starts on a quiet cluster**: once the containers of every earlier
   burst have exited (and their sessions say so) and the operator has been quiet
   for 300 ms, so no burst shares the API server with another's wave of exits.
+  A scenario starts once the pods of the one before are gone: the kubelet
+  kills a deleted pod's containers for seconds, and no burst shares the node
+  with that.
 - The operator runs as its own process (the same build) and talks to the API
   server through a **counting proxy on loopback**; the floor talks through an
   identical one, so both pay the same hop. Each proxy forwards over one HTTP/2
