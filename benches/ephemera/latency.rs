@@ -284,39 +284,41 @@ impl<'a> Latency<'a> {
 
     /// Until every trial's container runs (and, for ephemera, the session says so), or failed.
     async fn wait_running(&self, trials: &[Trial], timeout: Duration) {
-        let done = |state: &crate::timeline::State| {
-            trials.iter().all(|t| {
-                let marks = state.marks(&t.name);
-                t.error.is_some()
-                    || marks.terminated.is_some()
-                    || match t.who {
-                        Who::Floor => marks.running.is_some(),
-                        Who::Ephemera => {
-                            state.session_failed(&t.name)
-                                || (marks.running.is_some() && state.session_phase(&t.name, "Running").is_some())
-                        }
+        self.wait_each(trials, timeout, "run", |state, t| {
+            state.marks(&t.name).terminated.is_some()
+                || match t.who {
+                    Who::Floor => state.marks(&t.name).running.is_some(),
+                    Who::Ephemera => {
+                        state.session_failed(&t.name)
+                            || (state.marks(&t.name).running.is_some()
+                                && state.session_phase(&t.name, "Running").is_some())
                     }
-            })
-        };
-        if !self.timeline.wait(timeout, done).await {
-            say!("  some containers did not run within {timeout:?}");
-        }
+                }
+        })
+        .await
     }
 
     /// Until every trial's container has exited (and, for ephemera, the session says it
     /// ended), or failed: the kubelet's and the operator's work for them is done.
     async fn wait_exited(&self, trials: &[Trial], timeout: Duration) {
-        let done = |state: &crate::timeline::State| {
-            trials.iter().all(|t| {
-                t.error.is_some()
-                    || match t.who {
-                        Who::Floor => state.marks(&t.name).terminated.is_some(),
-                        Who::Ephemera => state.session_finished(&t.name),
-                    }
-            })
-        };
+        self.wait_each(trials, timeout, "exit", |state, t| match t.who {
+            Who::Floor => state.marks(&t.name).terminated.is_some(),
+            Who::Ephemera => state.session_finished(&t.name),
+        })
+        .await
+    }
+
+    /// Until `reached` holds for every trial that did not fail to start.
+    async fn wait_each(
+        &self,
+        trials: &[Trial],
+        timeout: Duration,
+        verb: &str,
+        reached: impl Fn(&crate::timeline::State, &Trial) -> bool,
+    ) {
+        let done = |state: &crate::timeline::State| trials.iter().all(|t| t.error.is_some() || reached(state, t));
         if !self.timeline.wait(timeout, done).await {
-            say!("  some containers did not exit within {timeout:?}");
+            say!("  some containers did not {verb} within {timeout:?}");
         }
     }
 
