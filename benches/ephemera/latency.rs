@@ -285,13 +285,13 @@ impl<'a> Latency<'a> {
     /// Until every trial's container runs (and, for ephemera, the session says so), or failed.
     async fn wait_running(&self, trials: &[Trial], timeout: Duration) {
         self.wait_each(trials, timeout, "run", |state, t| {
-            state.marks(&t.name).terminated.is_some()
+            let marks = state.marks(&t.name);
+            marks.terminated.is_some()
                 || match t.who {
-                    Who::Floor => state.marks(&t.name).running.is_some(),
+                    Who::Floor => marks.running.is_some(),
                     Who::Ephemera => {
                         state.session_failed(&t.name)
-                            || (state.marks(&t.name).running.is_some()
-                                && state.session_phase(&t.name, "Running").is_some())
+                            || (marks.running.is_some() && state.session_phase(&t.name, "Running").is_some())
                     }
                 }
         })
