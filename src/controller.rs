@@ -1076,14 +1076,8 @@ async fn publish_status(
         }
         return Ok(session.metadata.resource_version.clone());
     }
-    let mut patch = serde_json::json!({
-        "apiVersion": DebugSession::api_version(&()),
-        "kind": DebugSession::kind(&()),
-        "status": new,
-    });
-    if guarded {
-        patch["metadata"] = serde_json::json!({ "resourceVersion": session.metadata.resource_version });
-    }
+    let guard = guarded.then_some(session.metadata.resource_version.as_deref()).flatten();
+    let patch = status_patch(new, guard);
     tracing::trace!(session = %session.name_any(), ?old, ?new, "status write");
     ctx.metrics.request("patch", "debugsessions/status");
     let written = sessions
@@ -1095,6 +1089,20 @@ async fn publish_status(
         publish_events(ctx, session, &from, new);
     }
     Ok(written.metadata.resource_version)
+}
+
+/// The server-side apply of `status`; with `guard`, only onto that
+/// resourceVersion of the session (a claim).
+pub fn status_patch(status: &DebugSessionStatus, guard: Option<&str>) -> serde_json::Value {
+    let mut patch = serde_json::json!({
+        "apiVersion": DebugSession::api_version(&()),
+        "kind": DebugSession::kind(&()),
+        "status": status,
+    });
+    if let Some(resource_version) = guard {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": resource_version });
+    }
+    patch
 }
 
 /// The events of a claim, published once the writes to the pods are done (on

@@ -16,6 +16,9 @@
 //! cargo bench --bench ephemera -- --help
 //! ```
 //!
+//! First, on a quiet cluster, it measures what each kind of request on a
+//! container's way costs the API server and etcd in CPU time (server_cost.rs).
+//!
 //! The figures are reported, never asserted: the machine is shared and noisy.
 
 /// When the run started, for the progress lines.
@@ -40,6 +43,7 @@ mod latency;
 mod report;
 mod requests;
 mod scale;
+mod server_cost;
 mod timeline;
 
 use std::path::PathBuf;
@@ -57,8 +61,8 @@ pub struct Args {
     /// Idle traffic over 30 minutes (instead of --idle-secs).
     #[arg(long)]
     pub long: bool,
-    /// Scenarios to run, comma-separated: seq, burst, once, hot, perpod, scale (scale includes idle).
-    #[arg(long, value_delimiter = ',', default_value = "seq,burst,once,hot,perpod,scale")]
+    /// Scenarios to run, comma-separated: cost, seq, burst, once, hot, perpod, scale (scale includes idle).
+    #[arg(long, value_delimiter = ',', default_value = "cost,seq,burst,once,hot,perpod,scale")]
     pub scenarios: Vec<String>,
     /// Where the report (benchmarks.md, plots, results.json) goes [default: docs/, or target/bench-smoke/ with --smoke].
     #[arg(long)]
@@ -102,6 +106,12 @@ pub struct Args {
     /// Seconds each debug container runs before it exits.
     #[arg(long)]
     pub hold_secs: Option<u64>,
+    /// Requests of each kind per round of the server-cost scenario.
+    #[arg(long)]
+    pub cost_requests: Option<usize>,
+    /// Rounds of the server-cost scenario.
+    #[arg(long)]
+    pub cost_rounds: Option<usize>,
     /// Leave the bench-* namespaces in place for a look.
     #[arg(long)]
     pub keep: bool,
@@ -126,6 +136,8 @@ pub struct Plan {
     pub hold_secs: u64,
     /// How long an operator is left alone before its memory is read.
     pub settle_secs: u64,
+    pub cost_requests: usize,
+    pub cost_rounds: usize,
 }
 
 impl Plan {
@@ -160,6 +172,8 @@ impl Plan {
             }),
             hold_secs: args.hold_secs.unwrap_or(if smoke { 3 } else { 15 }),
             settle_secs: if smoke { 1 } else { 5 },
+            cost_requests: pick(args.cost_requests, 200, 5),
+            cost_rounds: pick(args.cost_rounds, 3, 1),
         }
     }
 }
@@ -185,6 +199,10 @@ async fn run(args: Args) -> i32 {
     let mut results = report::Results::new(&plan, &bench).await;
     let wants = |name: &str| args.scenarios.iter().any(|s| s == name);
 
+    // First, while the cluster is quiet: it measures the API server's CPU.
+    if wants("cost") {
+        results.server_cost = Some(server_cost::run(&bench, plan.cost_requests, plan.cost_rounds, args.keep).await);
+    }
     if ["seq", "burst", "once", "hot", "perpod"].iter().any(|s| wants(s)) {
         let lat = latency::Latency::start(&bench, &plan).await;
         lat.prepare(&args.scenarios).await;

@@ -12,6 +12,7 @@ use crate::cluster::Bench;
 use crate::latency::{PerPod, ScenarioResult, TrialResult, Who};
 use crate::requests::percentile;
 use crate::scale::{OperatorFigures, ScaleResult};
+use crate::server_cost::{EPHEMERA_PATH, FLOOR_PATH, RequestKind, ServerCost};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Results {
@@ -23,6 +24,7 @@ pub struct Results {
     pub scenarios: Vec<ScenarioResult>,
     pub per_pod: Option<PerPod>,
     pub scale: Option<ScaleResult>,
+    pub server_cost: Option<ServerCost>,
     pub seconds: f64,
     pub load: (f64, f64),
 }
@@ -68,6 +70,7 @@ impl Results {
             scenarios: Vec::new(),
             per_pod: None,
             scale: None,
+            server_cost: None,
             seconds: 0.0,
             load: (crate::latency::load_average(), 0.0),
         }
@@ -115,6 +118,12 @@ impl Results {
             out += "\n";
             out += &path_table(&self.scenarios);
             out += "\n";
+        }
+        if let Some(cost) = &self.server_cost {
+            out += &server_cost_table(cost, &self.scenarios);
+            out += "\n";
+        }
+        if !self.scenarios.is_empty() {
             out += &cost_table(&self.scenarios);
             out += "\n";
             out += &request_lists(&self.scenarios);
@@ -223,6 +232,11 @@ const METHOD: &str = "\
 - **Subresource writes per container** can be below 1: adds for a pod that
   come while two writes to it are under way share the next write. \"Containers
   written twice\" counts the containers that more than one accepted write added.
+- **What a request costs the API server** is measured first, on a quiet
+  cluster: each kind of request on a debug container's way, sent many times in
+  a row with the operator's (or the floor's) body, and the CPU time that
+  kube-apiserver and etcd spent on it. In a burst the requests wait for that
+  CPU, so it says what a burst's ratio can be, whatever the operator does.
 - Ratios are ephemera / floor. Latencies are in ms; p99 is the nearest rank.
 - **The machine is shared** (2 cores, other builds and tests on the same
   cluster): absolute times are noisy; ratios from one interleaved run much less so.
@@ -368,6 +382,67 @@ fn path_table(scenarios: &[ScenarioResult]) -> String {
         .collect();
     out += &parts.join("; ");
     out += " (medians of the scenarios' figures).\n";
+    out
+}
+
+/// What each request costs the API server, and what that makes of a burst.
+fn server_cost_table(cost: &ServerCost, scenarios: &[ScenarioResult]) -> String {
+    let mut out = String::from("## What each request costs the API server and etcd (CPU ms per request)\n\n");
+    let _ = writeln!(
+        out,
+        "{} round(s) of {} requests of each kind, one after another, on pods that never run (so no kubelet adds its \
+         own requests), with the bodies the operator's own code builds (its decision, claim and pod write) and the \
+         floor's. The CPU time of kube-apiserver and etcd (from /proc) less their idle rate ({:.1} and {:.1} ms/s), \
+         per request; the median of the rounds.\n",
+        cost.rounds, cost.requests, cost.idle_ms_per_s.0, cost.idle_ms_per_s.1
+    );
+    out += "| request | kube-apiserver | etcd | both | time each, one after another |\n|---|---|---|---|---|\n";
+    for c in &cost.kinds {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            c.kind.describe(),
+            c.apiserver_ms,
+            c.etcd_ms,
+            c.apiserver_ms + c.etcd_ms,
+            c.wall_ms
+        );
+    }
+    let floor = cost.path_ms(&FLOOR_PATH);
+    let ephemera = cost.path_ms(&EPHEMERA_PATH);
+    let without = |left_out: &[RequestKind]| {
+        let path: Vec<RequestKind> = EPHEMERA_PATH.iter().copied().filter(|k| !left_out.contains(k)).collect();
+        cost.path_ms(&path) / floor
+    };
+    let burst = scenarios.iter().find(|s| s.key.starts_with("burst")).and_then(|s| {
+        let median = |who| percentile(&values(&s.trials, who, |t| t.in_spec_ms), 0.5);
+        Some((s.title.clone(), median(Who::Ephemera)? / median(Who::Floor).filter(|f| *f > 0.0)?))
+    });
+    if floor > 0.0 {
+        let _ = write!(
+            out,
+            "\nOn its way into the pod spec a container costs the floor (pod GET, pod patch) {floor:.2} ms of CPU, and \
+             ephemera (the user's create, pod GET, claim, pod patch) {ephemera:.2} ms: **{:.2}×**; {:.2}× without the \
+             claim, {:.2}× without the claim and the pod read. A burst waits for the API server's CPU, so its \
+             create→in-spec median follows this ratio",
+            ephemera / floor,
+            without(&[RequestKind::Claim]),
+            without(&[RequestKind::Claim, RequestKind::PodGet]),
+        );
+        match burst {
+            Some((title, ratio)) => {
+                let _ = writeln!(out, " (measured above, {title}: {ratio:.2}×).");
+            }
+            None => out += ".\n",
+        }
+        let life = ephemera + 2.0 * cost.cpu_ms(RequestKind::RunningStatus) + 3.0 * cost.cpu_ms(RequestKind::Event);
+        let _ = writeln!(
+            out,
+            "A whole session (those four, the Running and Terminated status writes, taking Terminated's as Running's, and \
+             three Events) costs {life:.2} ms: {:.2}× the floor's container.",
+            life / floor
+        );
+    }
     out
 }
 
