@@ -102,17 +102,6 @@ impl ServerCost {
     }
 }
 
-/// CPU time (user + system) of a process, in ms.
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
-    (ticks(11) + ticks(12)) * 10.0
-}
-
 fn component_pid(component: &str) -> u32 {
     let path = common::cluster_dir().join(format!("pids/{component}.pid"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -125,8 +114,10 @@ struct Servers {
 }
 
 impl Servers {
+    /// CPU ms each has used so far.
     fn cpu(&self) -> (f64, f64) {
-        (cpu_ms(self.apiserver), cpu_ms(self.etcd))
+        let ms = |pid| common::cpu_time(pid).as_secs_f64() * 1000.0;
+        (ms(self.apiserver), ms(self.etcd))
     }
 }
 
@@ -235,14 +226,14 @@ fn decide(session: &DebugSession, pod: &Pod) -> status::Decision {
     status::decide(session, &observed)
 }
 
+/// Applies `new` as the operator does; with `guard`, only onto that resourceVersion (a claim).
 async fn apply_status(
     client: &Client,
     session: &DebugSession,
     new: &DebugSessionStatus,
-    guarded: bool,
+    guard: Option<&str>,
 ) -> DebugSession {
     let sessions: Api<DebugSession> = Api::namespaced(client.clone(), NAMESPACE);
-    let guard = guarded.then_some(session.metadata.resource_version.as_deref()).flatten();
     let name = session.metadata.name.as_deref().unwrap_or_default();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     sessions.patch_status(name, &params, &Patch::Apply(status_patch(new, guard))).await.expect("status apply")
@@ -265,7 +256,8 @@ async fn send(client: &Client, kind: RequestKind, target: &mut Target) {
             };
             let [Injection { container, .. }] = &injections[..] else { panic!("one container per session") };
             target.container = Some((**container).clone());
-            target.session = apply_status(client, &target.session, &decision.status, true).await;
+            let guard = target.session.metadata.resource_version.clone();
+            target.session = apply_status(client, &target.session, &decision.status, guard.as_deref()).await;
         }
         RequestKind::PodPatch => {
             let container = target.container.clone().expect("claimed first");
@@ -286,7 +278,7 @@ async fn send(client: &Client, kind: RequestKind, target: &mut Target) {
                 ..Default::default()
             }]);
             let decision = decide(&target.session, &started);
-            target.session = apply_status(client, &target.session, &decision.status, false).await;
+            target.session = apply_status(client, &target.session, &decision.status, None).await;
         }
         RequestKind::Event => {
             let recorder = Recorder::new(client.clone(), Reporter::from("ephemera"));

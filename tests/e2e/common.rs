@@ -555,6 +555,17 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .fold(0.0, |total, value| total + value)
 }
 
+/// CPU time (user + system) a process has used so far, in clock ticks of 10 ms.
+#[allow(dead_code)] // used by tests/faults and benches/ephemera
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
+}
+
 /// A loopback port that nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use ephemera::crd::{FailureReason, Phase};
 use kube::Client;
 
+use crate::common::cpu_time;
 use crate::common::{
     Operator, TestEnv, busybox_session, client_for, cluster_dir, free_port, repo_root, sleeping_session,
 };
 use crate::proxy::{HttpProxy, Logged};
-use crate::support::{self, Want, converge, cpu_time, create_sessions, operator, running_pods, secs};
+use crate::support::{self, Want, converge, create_sessions, operator, running_pods, secs};
 
 /// `tests/cluster/restart.sh ARGS...` on this test binary's cluster.
 fn restart(args: &[&str]) {
