@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 include tests/cluster/cluster.mk
 
-.PHONY: build image image-import crds manifests check-generated test binaries rust-lane unit-test build-tests suites e2e-test versions-test matrix-test test-faults faults-shared faults-restarts demo demo-stop demo-check lint bench bench-long bench-smoke e2e-lane
+.PHONY: build image image-import crds manifests check-generated test binaries rust-lane unit-test build-tests suites e2e-test versions-test matrix-test test-faults faults-shared faults-restarts demo demo-stop demo-check lint bench bench-long bench-render bench-smoke e2e-lane
 
 build:
 	$(CARGO) build --release --locked
@@ -161,7 +161,17 @@ bench: cluster-up
 bench-long: cluster-up
 	$(CARGO) bench --locked --bench ephemera -- --long $(BENCH_ARGS)
 
+# docs/benchmarks.md and its plots again from the newest full or long run's figures,
+# measuring nothing: for a change to the report's text.
+bench-render:
+	$(CARGO) bench --locked --bench ephemera -- --render \
+		"$$(ls -t target/bench-results-full.json target/bench-results-long.json 2>/dev/null | head -1)"
+
 # A few sessions of every scenario (debug build, no 10,000 pods, figures not asserted),
 # so that the benchmark keeps working; part of make test. Report in target/bench-smoke/.
+# Its figures, rendered again, must give the same report, so bench-render keeps working too.
 bench-smoke:
 	timeout --kill-after=30s 5m $(CARGO) test --locked --bench ephemera -- --smoke
+	$(CARGO) test --locked --bench ephemera -- --smoke --render target/bench-results-smoke.json \
+		--out target/bench-smoke/rendered
+	cmp target/bench-smoke/benchmarks.md target/bench-smoke/rendered/benchmarks.md

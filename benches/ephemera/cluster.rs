@@ -288,7 +288,7 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Prometheus samples by name with labels, e.g. `ephemera_api_requests_total{resource="pods",verb="get"}`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct MetricSet(pub BTreeMap<String, f64>);
 
 impl MetricSet {
@@ -329,7 +329,7 @@ impl MetricSet {
 }
 
 /// A process's memory in MiB, from /proc.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Memory {
     pub resident: f64,
     /// The most it was resident at any time (VmHWM).

@@ -19,7 +19,7 @@ use crate::{Plan, common};
 
 pub const NAMESPACE: &str = "bench-latency";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Who {
     Ephemera,
     Floor,
@@ -53,7 +53,7 @@ struct Trial {
     error: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrialResult {
     pub who: Who,
     pub name: String,
@@ -68,7 +68,7 @@ pub struct TrialResult {
 }
 
 /// One scenario: its trials and what it cost.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScenarioResult {
     pub key: String,
     pub title: String,
@@ -102,7 +102,7 @@ pub fn status_write_budget(waiting_reasons: usize) -> usize {
 }
 
 /// Requests per session against sessions per pod.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PerPodPoint {
     /// Sessions on the pod (all at once), or the k-th session added to it.
     pub k: usize,
@@ -117,7 +117,7 @@ impl PerPodPoint {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PerPod {
     /// k sessions created at once on a fresh pod; their whole life, per session.
     pub at_once: Vec<PerPodPoint>,

@@ -13,6 +13,7 @@
 //! make bench                  the full run; writes docs/benchmarks.md and its plots
 //! make bench-long             the same, with 30 minutes of idle traffic
 //! make bench-smoke            a few sessions of every scenario (part of make test)
+//! make bench-render           docs/benchmarks.md again from the last run's figures
 //! cargo bench --bench ephemera -- --help
 //! ```
 //!
@@ -46,7 +47,7 @@ mod scale;
 mod server_cost;
 mod timeline;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -67,6 +68,10 @@ pub struct Args {
     /// Where the report (benchmarks.md, plots, results.json) goes [default: docs/, or target/bench-smoke/ with --smoke].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Measures nothing: writes the report again from an earlier run's figures
+    /// (target/bench-results-MODE.json), for a change to the report's text.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub render: Option<PathBuf>,
     /// Sessions of each sequential run.
     #[arg(long, value_delimiter = ',')]
     pub seq: Option<Vec<usize>>,
@@ -118,9 +123,9 @@ pub struct Args {
 }
 
 /// The sizes of one run, from the mode and the flags.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
-    pub mode: &'static str,
+    pub mode: String,
     pub seq: Vec<usize>,
     pub burst: usize,
     pub burst_rounds: usize,
@@ -151,7 +156,8 @@ impl Plan {
                 "long"
             } else {
                 "full"
-            },
+            }
+            .into(),
             seq: args.seq.clone().unwrap_or(if smoke { vec![3] } else { vec![50, 200] }),
             burst: pick(args.burst, 20, 3),
             burst_rounds: pick(args.burst_rounds, 5, 1),
@@ -193,6 +199,9 @@ async fn run(args: Args) -> i32 {
         .out
         .clone()
         .unwrap_or_else(|| common::repo_root().join(if args.smoke { "target/bench-smoke" } else { "docs" }));
+    if let Some(figures) = &args.render {
+        return render(figures, &out);
+    }
     let started = *START.get_or_init(Instant::now);
     say!("ephemera-bench ({} run): {plan:?}", plan.mode);
     let bench = cluster::Bench::connect(&args).await;
@@ -248,4 +257,28 @@ async fn run(args: Args) -> i32 {
         return 1;
     }
     0
+}
+
+/// The report of an earlier run, written again from its figures (run, commit and date stay that run's).
+fn render(figures: &Path, out: &Path) -> i32 {
+    let results: report::Results = match std::fs::read(figures)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(results) => results,
+        Err(error) => {
+            eprintln!("could not read the figures of {}: {error}", figures.display());
+            return 1;
+        }
+    };
+    match results.write(out) {
+        Ok(files) => {
+            say!("rendered the {} run of {} again: {}", results.plan.mode, results.commit, files.join(", "));
+            0
+        }
+        Err(error) => {
+            eprintln!("could not write the report to {}: {error}", out.display());
+            1
+        }
+    }
 }

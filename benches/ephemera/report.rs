@@ -14,7 +14,7 @@ use crate::requests::percentile;
 use crate::scale::{OperatorFigures, ScaleResult};
 use crate::server_cost::{EPHEMERA_PATH, FLOOR_PATH, RequestKind, ServerCost};
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Results {
     pub plan: Plan,
     pub commit: String,
@@ -423,15 +423,17 @@ fn server_cost_table(cost: &ServerCost, scenarios: &[ScenarioResult]) -> String 
             out,
             "\nOn its way into the pod spec a container costs the floor (pod GET, pod patch) {floor:.2} ms of CPU, and \
              ephemera (the user's create, pod GET, claim, pod patch) {ephemera:.2} ms: **{:.2}×**; {:.2}× without the \
-             claim, {:.2}× without the claim and the pod read. A burst waits for the API server's CPU, so its \
-             create→in-spec median follows this ratio",
+             claim, {:.2}× without the claim and the pod read. That is the ratio a burst's create→in-spec median \
+             tends to when the API server's CPU is its only bottleneck; the kubelet starting the containers already \
+             added and writes to the same pods compete with both kinds as well, so the measured median varies from \
+             run to run",
             ephemera / floor,
             without(&[RequestKind::Claim]),
             without(&[RequestKind::Claim, RequestKind::PodGet]),
         );
         match burst {
             Some((title, ratio)) => {
-                let _ = writeln!(out, " (measured above, {title}: {ratio:.2}×).");
+                let _ = writeln!(out, " (this run, {title}: {ratio:.2}×).");
             }
             None => out += ".\n",
         }

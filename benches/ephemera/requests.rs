@@ -45,7 +45,7 @@ pub fn object_name<'a>(path: &'a str, resource: &str) -> Option<&'a str> {
 }
 
 /// Requests of one window, by "verb resource", watches included.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub by_kind: BTreeMap<String, usize>,
     /// Answers that were conflicts (409) or refusals (422).
@@ -154,7 +154,7 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
 /// the operator's request log: the session's create (as the bench saw it),
 /// create answered → claim sent, the claim (a guarded status write), claim
 /// answered → pod patch sent, the pod patch; and the floor's two requests.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CriticalPath {
     pub create: Vec<f64>,
     pub to_claim: Vec<f64>,

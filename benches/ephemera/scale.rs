@@ -25,7 +25,7 @@ use crate::{Plan, common};
 pub const NAMESPACE: &str = "bench-scale";
 
 /// What one operator process did and cost.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct OperatorFigures {
     /// From the spawn to /readyz 200.
     pub ready_s: Option<f64>,
@@ -40,7 +40,7 @@ pub struct OperatorFigures {
     pub metrics: MetricSet,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct IdleResult {
     pub seconds: f64,
     /// Everything the restarted operator sent until it was quiet.
@@ -51,7 +51,7 @@ pub struct IdleResult {
     pub metrics: MetricSet,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScaleResult {
     pub sessions: usize,
     pub pods: usize,

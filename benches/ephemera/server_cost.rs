@@ -33,7 +33,7 @@ use crate::requests::percentile;
 pub const NAMESPACE: &str = "bench-cost";
 
 /// The requests of a debug container's life, in the order they happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RequestKind {
     SessionCreate,
     PodGet,
@@ -72,7 +72,7 @@ pub const EPHEMERA_PATH: [RequestKind; 4] =
     [RequestKind::SessionCreate, RequestKind::PodGet, RequestKind::Claim, RequestKind::PodPatch];
 
 /// One kind's CPU per request, in ms: the median of the rounds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RequestCost {
     pub kind: RequestKind,
     pub apiserver_ms: f64,
@@ -81,7 +81,7 @@ pub struct RequestCost {
     pub wall_ms: f64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ServerCost {
     /// Requests of each kind per round.
     pub requests: usize,
