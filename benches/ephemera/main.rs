@@ -241,7 +241,13 @@ async fn run(args: Args) -> i32 {
     results.finish(started.elapsed());
     let table = results.table();
     println!("\n{table}");
-    match results.write(&out) {
+    // The figures first: if the report cannot be written, `--render` can write it from them.
+    let written = results.save().and_then(|figures| {
+        let mut files = results.write(&out)?;
+        files.push(figures);
+        Ok(files)
+    });
+    match written {
         Ok(files) => say!("wrote {}", files.join(", ")),
         Err(error) => {
             eprintln!("could not write the report to {}: {error}", out.display());

@@ -159,10 +159,14 @@ impl Results {
         let path = dir.join("benchmarks.md");
         std::fs::write(&path, self.markdown(&plots))?;
         written.push(path.display().to_string());
+        Ok(written)
+    }
+
+    /// Keeps the figures in target/bench-results-MODE.json, from which `--render` writes the report again.
+    pub fn save(&self) -> Result<String, Box<dyn std::error::Error>> {
         let path = crate::common::repo_root().join(format!("target/bench-results-{}.json", self.plan.mode));
         std::fs::write(&path, serde_json::to_vec_pretty(self)?)?;
-        written.push(path.display().to_string());
-        Ok(written)
+        Ok(path.display().to_string())
     }
 
     fn floor_requests_per_container(&self) -> Option<f64> {

@@ -2,9 +2,10 @@
 //! etcd in CPU time: ephemera's (the user's create, the pod read, the claim,
 //! the pod write) against the floor's (the pod read, the pod write).
 //!
-//! In a burst on this machine the requests wait for the API server's CPU, so
-//! the create→in-spec median of a burst follows the CPU each container costs
-//! on its way more than any latency does. Each kind of request is sent `n`
+//! In a burst on this machine the requests wait for the API server's CPU (and
+//! for the kubelet starting the containers already added), so the CPU each
+//! container costs on its way is what a burst's create→in-spec ratio tends to
+//! when that CPU is the only bottleneck. Each kind of request is sent `n`
 //! times in a row by the bench's own client, with the body the operator (or
 //! the floor) sends, built by the operator's own code; the CPU time the two
 //! processes used meanwhile (from /proc, less their idle rate) is divided by
