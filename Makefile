@@ -164,8 +164,10 @@ bench-long: cluster-up
 # docs/benchmarks.md and its plots again from the newest full or long run's figures,
 # measuring nothing: for a change to the report's text.
 bench-render:
-	$(CARGO) bench --locked --bench ephemera -- --render \
-		"$$(ls -t target/bench-results-full.json target/bench-results-long.json 2>/dev/null | head -1)"
+	@figures="$$(ls -t target/bench-results-full.json target/bench-results-long.json 2>/dev/null | head -1)"; \
+	if [ -z "$$figures" ]; then echo "no figures in target/bench-results-{full,long}.json: run make bench first" >&2; exit 1; fi; \
+	echo "$(CARGO) bench --locked --bench ephemera -- --render $$figures"; \
+	$(CARGO) bench --locked --bench ephemera -- --render "$$figures"
 
 # A few sessions of every scenario (debug build, no 10,000 pods, figures not asserted),
 # so that the benchmark keeps working; part of make test. Report in target/bench-smoke/.
