@@ -145,6 +145,16 @@ impl HttpProxy {
             .map(|r| r.at)
     }
 
+    /// When the API server answered the first write sent since `since` that
+    /// carried the container of `session` (`namespace/name`) and was taken.
+    pub fn first_injection_done(&self, session: &str, since: Instant) -> Option<Instant> {
+        let log = self.shared.log.lock().unwrap();
+        log.iter()
+            .filter(|r| r.at >= since)
+            .find(|r| r.status.is_some_and(|code| code < 300) && r.injects_for.iter().any(|s| s == session))
+            .and_then(|r| r.took.map(|took| r.at + took))
+    }
+
     pub fn open_watches(&self) -> i64 {
         self.shared.open_watches.load(Ordering::SeqCst)
     }

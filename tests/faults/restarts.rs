@@ -97,7 +97,14 @@ async fn server_restart(test: &str, component: &str, down: Duration) -> (String,
         matches!(s.status.as_ref().and_then(|st| st.phase), Some(Phase::Injected | Phase::Running))
     })
     .await;
-    let new_work_after = ready.elapsed();
+    let reported_after = ready.elapsed();
+    // New work is the operator's write of the container into its pod; its
+    // status follows once the kubelet has said a first word on it or been
+    // silent for 2 s (docs/status.md), and a kubelet still starting the
+    // containers added before the restart keeps talking.
+    let injected = proxy.first_injection_done(&format!("{}/s-16", env.namespace), ready);
+    let new_work_after =
+        injected.expect("s-16 is Injected or Running, so its container was written through the proxy") - ready;
     let (census, times) = converge(&env, Duration::from_secs(90), |_| Want::RUNNING).await;
 
     // While the server was away: how many requests, and how they were spread.
@@ -110,7 +117,7 @@ async fn server_restart(test: &str, component: &str, down: Duration) -> (String,
     let second_half: usize = rates[half..].iter().sum();
     let bound = 2 * 16 + 2 * (half / 2 + 1);
     let line = format!(
-        "{component} down {} (killed, then started with its recorded command line), /readyz {} after the start; operator: exited={} cpu while down={} requests while down={} ({:.1}/s; {second_half} in the second half, bound {bound}; per second: {rates:?}); new work in the pod {} after /readyz; {} sessions={} all running {} after /readyz (every container in its pod and every status true after {})",
+        "{component} down {} (killed, then started with its recorded command line), /readyz {} after the start; operator: exited={} cpu while down={} requests while down={} ({:.1}/s; {second_half} in the second half, bound {bound}; per second: {rates:?}); new work in the pod {} after /readyz (its status said so {} after); {} sessions={} all running {} after /readyz (every container in its pod and every status true after {})",
         secs(down),
         secs(ready - down_until),
         exited.is_some(),
@@ -118,6 +125,7 @@ async fn server_restart(test: &str, component: &str, down: Duration) -> (String,
         while_down.len(),
         while_down.len() as f64 / down.as_secs_f64(),
         secs(new_work_after),
+        secs(reported_after),
         census.figures(),
         census.sessions,
         times.clean.map_or("never".into(), |t| secs(t - ready)),
