@@ -43,6 +43,14 @@ pub struct Logged {
     pub injects_for: Vec<String>,
 }
 
+impl Logged {
+    /// A write to pods/ephemeralcontainers carrying the container of `session`
+    /// (`namespace/name`), which the API server took.
+    fn took_container_of(&self, session: &str) -> bool {
+        self.status.is_some_and(|code| code < 300) && self.injects_for.iter().any(|s| s == session)
+    }
+}
+
 /// Where the proxy may stop the operator's work on one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldPoint {
@@ -138,11 +146,7 @@ impl HttpProxy {
     /// `session` (`namespace/name`) reached the proxy, if the API server took it.
     pub fn injected_at(&self, session: &str, since: Instant) -> Option<Instant> {
         let log = self.shared.log.lock().unwrap();
-        log.iter()
-            .rev()
-            .take_while(|r| r.at >= since)
-            .find(|r| r.status.is_some_and(|code| code < 300) && r.injects_for.iter().any(|s| s == session))
-            .map(|r| r.at)
+        log.iter().rev().take_while(|r| r.at >= since).find(|r| r.took_container_of(session)).map(|r| r.at)
     }
 
     /// When the API server answered the first write sent since `since` that
@@ -151,7 +155,7 @@ impl HttpProxy {
         let log = self.shared.log.lock().unwrap();
         log.iter()
             .filter(|r| r.at >= since)
-            .find(|r| r.status.is_some_and(|code| code < 300) && r.injects_for.iter().any(|s| s == session))
+            .find(|r| r.took_container_of(session))
             .and_then(|r| r.took.map(|took| r.at + took))
     }
 
