@@ -97,14 +97,16 @@ async fn server_restart(test: &str, component: &str, down: Duration) -> (String,
         matches!(s.status.as_ref().and_then(|st| st.phase), Some(Phase::Injected | Phase::Running))
     })
     .await;
-    let reported_after = ready.elapsed();
+    let reported_at = Instant::now();
     // New work is the operator's write of the container into its pod; its
     // status follows once the kubelet has said a first word on it or been
     // silent for 2 s (docs/status.md), and a kubelet still starting the
     // containers added before the restart keeps talking.
-    let injected = proxy.first_injection_done(&format!("{}/s-16", env.namespace), ready);
-    let new_work_after =
-        injected.expect("s-16 is Injected or Running, so its container was written through the proxy") - ready;
+    let injected = proxy
+        .first_injection_done(&format!("{}/s-16", env.namespace), ready)
+        .expect("s-16 is Injected or Running, so its container was written through the proxy");
+    let new_work_after = injected - ready;
+    let status_due = Want::running_added_at(Some(injected)).held_until.expect("a wait from the addition");
     let (census, times) = converge(&env, Duration::from_secs(90), |_| Want::RUNNING).await;
 
     // While the server was away: how many requests, and how they were spread.
@@ -125,7 +127,7 @@ async fn server_restart(test: &str, component: &str, down: Duration) -> (String,
         while_down.len(),
         while_down.len() as f64 / down.as_secs_f64(),
         secs(new_work_after),
-        secs(reported_after),
+        secs(reported_at - ready),
         census.figures(),
         census.sessions,
         times.clean.map_or("never".into(), |t| secs(t - ready)),
@@ -137,6 +139,7 @@ async fn server_restart(test: &str, component: &str, down: Duration) -> (String,
     assert!(census.clean(), "{line}\n{:?}\n{}", census.problems, env.operator_log_tail());
     assert!(second_half <= bound, "the operator kept asking the absent server: {line}");
     assert!(cpu_down < down / 10, "the operator spun while the server was away: {line}");
+    assert!(reported_at <= status_due, "the status waited longer than the kubelet's first word may hold it: {line}");
     (line, new_work_after)
 }
 
