@@ -166,8 +166,7 @@ bench-long: cluster-up
 bench-render:
 	@figures="$$(ls -t target/bench-results-full.json target/bench-results-long.json 2>/dev/null | head -1)"; \
 	if [ -z "$$figures" ]; then echo "no figures in target/bench-results-{full,long}.json: run make bench first" >&2; exit 1; fi; \
-	echo "$(CARGO) bench --locked --bench ephemera -- --render $$figures"; \
-	$(CARGO) bench --locked --bench ephemera -- --render "$$figures"
+	set -x; $(CARGO) bench --locked --bench ephemera -- --render "$$figures"
 
 # A few sessions of every scenario (debug build, no 10,000 pods, figures not asserted),
 # so that the benchmark keeps working; part of make test. Report in target/bench-smoke/.
